@@ -1,0 +1,141 @@
+"""Centered Fourier and Hartley transforms, cryoDRGN conventions.
+
+* ``fft2_center(x) = fftshift(fft2(fftshift(x)))`` over the last two axes: the DC term sits at
+  index ``n // 2`` and equals the sum of the pixels (no normalization).
+* The centered **Hartley** transform is ``HT(x) = Re F − Im F`` of that FFT. It is real, and its
+  own inverse up to ``1/n_pixels``: ``iHT(H) = HT(H) / n_pixels``.
+* ``symmetrize_ht`` maps an even ``(…, n, n)`` Hartley image to the odd ``(…, n+1, n+1)``
+  lattice by repeating the first row/column (the ``−Nyquist`` frequency) as the last one
+  (``+Nyquist``); ``unsymmetrize_ht`` drops them again.
+* All functions act on the trailing 2 (or 3) axes and broadcast over any leading batch axes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "fft2_center",
+    "fft3_center",
+    "ht2_center",
+    "ht3_center",
+    "ifft2_center",
+    "ifft3_center",
+    "iht2_center",
+    "iht3_center",
+    "symmetrize_ht",
+    "symmetrize_ht3",
+    "unsymmetrize_ht",
+    "unsymmetrize_ht3",
+]
+
+_DIMS2 = (-2, -1)
+_DIMS3 = (-3, -2, -1)
+
+
+def _check_ndim(x: Tensor, ndim: int, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < ndim:
+        raise ValueError(f"{name} must have at least {ndim} dims, got shape {tuple(x.shape)}")
+
+
+def _as_float(x: Tensor) -> Tensor:
+    """Promote half and integer inputs to float32 (the FFT needs ≥ float32)."""
+    if x.is_complex() or x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.float()
+
+
+def fft2_center(x: Tensor) -> Tensor:
+    """``(…, ny, nx)`` → complex ``(…, ny, nx)`` centered 2-D FFT."""
+    _check_ndim(x, 2, "x")
+    x = _as_float(x)
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.fftshift(x, dim=_DIMS2)), dim=_DIMS2)
+
+
+def ifft2_center(f: Tensor) -> Tensor:
+    """Inverse of :func:`fft2_center` (complex output; take ``.real`` for real signals)."""
+    _check_ndim(f, 2, "f")
+    return torch.fft.ifftshift(torch.fft.ifft2(torch.fft.ifftshift(f, dim=_DIMS2)), dim=_DIMS2)
+
+
+def fft3_center(x: Tensor) -> Tensor:
+    """``(…, nz, ny, nx)`` → complex centered 3-D FFT."""
+    _check_ndim(x, 3, "x")
+    x = _as_float(x)
+    return torch.fft.fftshift(
+        torch.fft.fftn(torch.fft.fftshift(x, dim=_DIMS3), dim=_DIMS3), dim=_DIMS3
+    )
+
+
+def ifft3_center(f: Tensor) -> Tensor:
+    """Inverse of :func:`fft3_center`."""
+    _check_ndim(f, 3, "f")
+    return torch.fft.ifftshift(
+        torch.fft.ifftn(torch.fft.ifftshift(f, dim=_DIMS3), dim=_DIMS3), dim=_DIMS3
+    )
+
+
+def ht2_center(x: Tensor) -> Tensor:
+    """``(…, ny, nx)`` real → ``(…, ny, nx)`` centered Hartley transform ``Re F − Im F``."""
+    f = fft2_center(x)
+    return f.real - f.imag
+
+
+def iht2_center(h: Tensor) -> Tensor:
+    """Inverse centered Hartley transform.
+
+    For even sizes this is ``ht2_center(h) / (ny·nx)`` exactly as in cryoDRGN; ``ifftshift`` is
+    used so that odd sizes invert correctly too.
+    """
+    _check_ndim(h, 2, "h")
+    f = torch.fft.fft2(torch.fft.ifftshift(_as_float(h), dim=_DIMS2))
+    return torch.fft.ifftshift(f.real - f.imag, dim=_DIMS2) / (h.shape[-1] * h.shape[-2])
+
+
+def ht3_center(x: Tensor) -> Tensor:
+    """``(…, nz, ny, nx)`` real → centered 3-D Hartley transform."""
+    f = fft3_center(x)
+    return f.real - f.imag
+
+
+def iht3_center(h: Tensor) -> Tensor:
+    """Inverse centered 3-D Hartley transform (``ht3_center(h) / n³`` for even sizes)."""
+    _check_ndim(h, 3, "h")
+    f = torch.fft.fftn(torch.fft.ifftshift(_as_float(h), dim=_DIMS3), dim=_DIMS3)
+    n_voxels = h.shape[-1] * h.shape[-2] * h.shape[-3]
+    return torch.fft.ifftshift(f.real - f.imag, dim=_DIMS3) / n_voxels
+
+
+def symmetrize_ht(ht: Tensor) -> Tensor:
+    """``(…, n, n)`` Hartley image (n even) → ``(…, n+1, n+1)`` on the odd lattice."""
+    _check_ndim(ht, 2, "ht")
+    n = ht.shape[-1]
+    if ht.shape[-2] != n or n % 2:
+        raise ValueError(f"ht must be (…, n, n) with n even, got {tuple(ht.shape)}")
+    ht = torch.cat([ht, ht[..., :1, :]], dim=-2)
+    return torch.cat([ht, ht[..., :, :1]], dim=-1)
+
+
+def unsymmetrize_ht(ht: Tensor) -> Tensor:
+    """``(…, D, D)`` odd-lattice image → ``(…, D−1, D−1)`` (drops the duplicated +Nyquist)."""
+    _check_ndim(ht, 2, "ht")
+    if ht.shape[-1] % 2 == 0:
+        raise ValueError(f"expected an odd lattice (…, D, D), got {tuple(ht.shape)}")
+    return ht[..., :-1, :-1]
+
+
+def symmetrize_ht3(ht: Tensor) -> Tensor:
+    """``(…, n, n, n)`` → ``(…, n+1, n+1, n+1)`` by repeating the first slab on every axis."""
+    _check_ndim(ht, 3, "ht")
+    for dim in _DIMS3:
+        ht = torch.cat([ht, ht.narrow(dim, 0, 1)], dim=dim)
+    return ht
+
+
+def unsymmetrize_ht3(ht: Tensor) -> Tensor:
+    """``(…, D, D, D)`` → ``(…, D−1, D−1, D−1)``."""
+    _check_ndim(ht, 3, "ht")
+    return ht[..., :-1, :-1, :-1]

@@ -1,0 +1,21 @@
+"""Every registry of cryonoo in one place (imports the modules that populate them)."""
+
+from __future__ import annotations
+
+import importlib
+
+from cryonoo.registry import Registry
+
+__all__ = ["all_registries"]
+
+# (registry attribute, module that defines and populates it)
+_REGISTRY_MODULES: tuple[tuple[str, str], ...] = (("PROJECTORS", "cryonoo.physics.slice"),)
+
+
+def all_registries() -> dict[str, Registry]:
+    """``{"PROJECTORS": Registry, …}`` for every registry whose module is importable."""
+    found: dict[str, Registry] = {}
+    for attr, module_name in _REGISTRY_MODULES:
+        module = importlib.import_module(module_name)
+        found[attr] = getattr(module, attr)
+    return found

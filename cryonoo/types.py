@@ -1,0 +1,167 @@
+"""Data containers and the plug-in protocols of cryonoo.
+
+The protocols are structural (``typing.Protocol``): a model qualifies by having the methods, not by
+inheriting from a cryonoo base class, so thin adapters around models we do not own work too.
+
+Shapes use ``B`` for the batch, ``D`` for the odd lattice size (``box + 1``) and ``zdim`` for the
+latent width. Images in a :class:`Batch` live in the model's *data domain*: for the cryoDRGN-style
+VAE that is the normalized, symmetrized, centered Hartley transform on the ``D × D`` lattice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Augmenter",
+    "Batch",
+    "Decoder",
+    "Encoder",
+    "ReconstructionModel",
+    "SSLObjective",
+    "StepOutput",
+]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of particle images with their poses and CTF parameters.
+
+    Attributes
+    ----------
+    images:
+        ``(B, D, D)`` images in the data domain.
+    rot:
+        ``(B, 3, 3)`` rotation matrices, cryoDRGN convention (lattice ``coords @ rot``).
+    trans:
+        ``(B, 2)`` in-plane shifts in **pixels** (``x`` then ``y``), or ``None``.
+    ctf:
+        ``(B, 8)`` CTF parameters ``[Apix_A, dfu_A, dfv_A, dfang_deg, volt_kV, cs_mm, w,
+        phase_deg]`` (cryoDRGN ``ctf.pkl`` columns 1–8), or ``None`` for CTF-free data.
+    index:
+        ``(B,)`` int64 indices of the particles in their dataset.
+    """
+
+    images: Tensor
+    rot: Tensor
+    trans: Tensor | None = None
+    ctf: Tensor | None = None
+    index: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 3 or self.images.shape[-1] != self.images.shape[-2]:
+            raise ValueError(f"Batch.images must be (B, D, D), got {tuple(self.images.shape)}")
+        n = self.images.shape[0]
+        expected = {"rot": (n, 3, 3), "trans": (n, 2), "ctf": (n, 8), "index": (n,)}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(
+                    f"Batch.{name} must have shape {shape} for {n} images, got {tuple(value.shape)}"
+                )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """Copy every tensor to ``device``."""
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def with_images(self, images: Tensor, ctf: Tensor | None = None) -> Batch:
+        """A batch with other images (and optionally other CTF), same poses and indices."""
+        return replace(self, images=images, ctf=self.ctf if ctf is None else ctf)
+
+
+@dataclass
+class StepOutput:
+    """What a model's ``training_step`` returns.
+
+    Attributes
+    ----------
+    loss:
+        Scalar differentiable loss (the model's own terms, already weighted).
+    z:
+        ``(B, zdim)`` latent used as the first SSL view (for a VAE: the posterior mean).
+    terms:
+        Detached scalar terms for logging, e.g. ``{"recon": …, "kld": …}``.
+    render:
+        ``(B, D, D)`` the model's CTF-modulated rendering of the batch in the data domain, if it
+        computed one (lets the self-distillation wrapper avoid a second decoder pass).
+    """
+
+    loss: Tensor
+    z: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    render: Tensor | None = None
+
+
+@runtime_checkable
+class ReconstructionModel(Protocol):
+    """Any autoencoder-style reconstruction model that self-distillation can wrap."""
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        """The model's own loss on ``batch`` and the latent it used."""
+        ...
+
+    def encode(self, images: Tensor, ctf: Tensor | None = None) -> Tensor:
+        """``(B, D, D)`` data-domain images → ``(B, zdim)`` latent means (same preprocessing as
+        training, e.g. CTF phase flip and encoder mask)."""
+        ...
+
+    def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
+        """``(B, zdim)``, ``(B, 3, 3)``, ``(B, 8)`` → ``(B, D, D)`` CTF-modulated images in the
+        data domain, zero outside the decoder's mask."""
+        ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Maps preprocessed images to ``2·zdim`` numbers (mean and log-variance)."""
+
+    zdim: int
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, D, D)`` → ``((B, zdim) mean, (B, zdim) log-variance)``."""
+        ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """An implicit volume: values of the 3-D spectrum at arbitrary frequencies for a latent."""
+
+    def __call__(self, coords: Tensor, z: Tensor | None) -> Tensor:
+        """``(B, N, 3)`` frequencies in cycles/pixel, ``(B, zdim)`` → ``(B, N)`` Hartley values."""
+        ...
+
+
+@runtime_checkable
+class Augmenter(Protocol):
+    """Produces augmented views of a batch (possibly using the model's own rendering)."""
+
+    def __call__(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """→ ``(J, B, D, D)`` views and the ``(B, 8)`` CTF to encode them with (or ``None``)."""
+        ...
+
+
+@runtime_checkable
+class SSLObjective(Protocol):
+    """A self-supervised loss between two latent batches; owns its heads."""
+
+    def __call__(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        """``(B, zdim)``, ``(B, zdim)`` → ``{"loss": scalar, <term>: scalar, …}``."""
+        ...

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from cryonoo.physics.fft import (
+    fft2_center,
+    fft3_center,
+    ht2_center,
+    ht3_center,
+    ifft2_center,
+    ifft3_center,
+    iht2_center,
+    iht3_center,
+    symmetrize_ht,
+    symmetrize_ht3,
+    unsymmetrize_ht,
+    unsymmetrize_ht3,
+)
+
+
+@pytest.fixture
+def images():
+    return torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def test_fft_center_matches_numpy(images):
+    ref = np.fft.fftshift(
+        np.fft.fft2(np.fft.fftshift(images.numpy(), axes=(-2, -1))), axes=(-2, -1)
+    )
+    assert np.allclose(fft2_center(images).numpy(), ref)
+
+
+def test_dc_is_sum_at_center(images):
+    f = fft2_center(images)
+    assert torch.allclose(f[:, 8, 8].real, images.sum(dim=(-1, -2)))
+
+
+def test_ht_is_re_minus_im(images):
+    f = fft2_center(images)
+    assert torch.allclose(ht2_center(images), f.real - f.imag)
+
+
+@pytest.mark.parametrize("n", [16, 15])
+def test_round_trips(n):
+    x = torch.randn(3, n, n, dtype=torch.float64)
+    assert torch.allclose(iht2_center(ht2_center(x)), x)
+    assert torch.allclose(ifft2_center(fft2_center(x)).real, x)
+    v = torch.randn(2, n, n, n, dtype=torch.float64)
+    assert torch.allclose(iht3_center(ht3_center(v)), v)
+    assert torch.allclose(ifft3_center(fft3_center(v)).real, v)
+
+
+def test_parseval(images):
+    n = images.shape[-1] ** 2
+    energy = (images**2).sum(dim=(-1, -2))
+    assert torch.allclose((ht2_center(images) ** 2).sum(dim=(-1, -2)) / n, energy)
+    assert torch.allclose((fft2_center(images).abs() ** 2).sum(dim=(-1, -2)) / n, energy)
+
+
+def test_ht3_matches_fft3():
+    v = torch.randn(8, 8, 8, dtype=torch.float64)
+    f = fft3_center(v)
+    assert torch.allclose(ht3_center(v), f.real - f.imag)
+
+
+def test_half_precision_promoted():
+    x = torch.randn(2, 8, 8).half()
+    assert ht2_center(x).dtype == torch.float32
+
+
+def test_symmetrize(images):
+    ht = ht2_center(images)
+    s = symmetrize_ht(ht)
+    assert s.shape == (4, 17, 17)
+    assert torch.equal(s[:, -1, :-1], ht[:, 0, :])
+    assert torch.equal(s[:, :-1, -1], ht[:, :, 0])
+    assert torch.equal(s[:, -1, -1], ht[:, 0, 0])
+    assert torch.equal(unsymmetrize_ht(s), ht)
+    v = torch.randn(6, 6, 6)
+    s3 = symmetrize_ht3(v)
+    assert s3.shape == (7, 7, 7)
+    assert torch.equal(s3[-1, -1, -1], v[0, 0, 0])
+    assert torch.equal(unsymmetrize_ht3(s3), v)
+
+
+def test_symmetrize_rejects_odd():
+    with pytest.raises(ValueError, match="even"):
+        symmetrize_ht(torch.zeros(2, 15, 15))
+    with pytest.raises(ValueError, match="odd"):
+        unsymmetrize_ht(torch.zeros(2, 16, 16))
+    with pytest.raises(ValueError):
+        ht2_center(torch.zeros(5))
+
+
+def test_even_inverse_is_forward_over_n():
+    """cryoDRGN's definition: iht = ht / n_pixels for even sizes."""
+    h = torch.randn(2, 16, 16, dtype=torch.float64)
+    assert torch.allclose(iht2_center(h), ht2_center(h) / 256)
+    v = torch.randn(8, 8, 8, dtype=torch.float64)
+    assert torch.allclose(iht3_center(v), ht3_center(v) / 512)

@@ -1,0 +1,53 @@
+import pytest
+
+from cryonoo.registry import Registry
+
+
+def make() -> Registry:
+    reg: Registry = Registry("widget")
+
+    @reg.register("square")
+    def square(size: int = 2) -> int:
+        """Area of a square."""
+        return size * size
+
+    @reg.register()
+    def triangle(base: int = 2, height: int = 3) -> float:
+        return base * height / 2
+
+    return reg
+
+
+def test_register_get_build_names_contains():
+    reg = make()
+    assert reg.names() == ["square", "triangle"]
+    assert "square" in reg and "circle" not in reg
+    assert reg.get("square")(3) == 9
+    assert reg.build("square", size=4) == 16
+    assert reg.build("triangle", base=None, height=4) == 4.0  # None keeps the default
+    assert reg.describe("square") == "Area of a square."
+    assert len(reg) == 2 and list(reg) == ["square", "triangle"]
+
+
+def test_build_passes_objects_through():
+    reg = make()
+    obj = object()
+    assert reg.build(obj) is obj
+
+
+def test_unknown_name_lists_choices():
+    reg = make()
+    with pytest.raises(KeyError, match=r"unknown widget 'circle'; choose from: square, triangle"):
+        reg.get("circle")
+
+
+def test_duplicate_name_raises():
+    reg = make()
+    with pytest.raises(KeyError, match="already registered"):
+        reg.add("square", lambda: 0)
+
+
+def test_bad_name():
+    reg = make()
+    with pytest.raises(ValueError):
+        reg.add("", lambda: 0)
