@@ -76,6 +76,15 @@ class Batch:
         }
         return Batch(**moved)
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copy for fast asynchronous host→GPU transfer (used by DataLoader)."""
+        pinned = {
+            f.name: (v.pin_memory() if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**pinned)
+
     def with_images(self, images: Tensor, ctf: Tensor | None = None) -> Batch:
         """A batch with other images (and optionally other CTF), same poses and indices."""
         return replace(self, images=images, ctf=self.ctf if ctf is None else ctf)

@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "fft2_center",
     "fft3_center",
+    "fourier_crop",
     "ht2_center",
     "ht3_center",
     "ifft2_center",
@@ -139,3 +140,24 @@ def unsymmetrize_ht3(ht: Tensor) -> Tensor:
     """``(…, D, D, D)`` → ``(…, D−1, D−1, D−1)``."""
     _check_ndim(ht, 3, "ht")
     return ht[..., :-1, :-1, :-1]
+
+
+def fourier_crop(images: Tensor, new_box: int, *, rescale: bool = False) -> Tensor:
+    """Downsample real images ``(…, n, n)`` → ``(…, new_box, new_box)`` by cropping the spectrum.
+
+    cryoDRGN's ``downsample``: keep the central ``new_box²`` Hartley coefficients and invert on
+    the new grid. As in cryoDRGN the values are **not** rescaled, so pixel values grow by
+    ``(n / new_box)²`` (white-noise std by ``n / new_box``); ``rescale=True`` divides by that
+    factor so that pixel values keep their scale. Both sizes must be even. The voxel size becomes
+    ``apix · n / new_box``.
+    """
+    _check_ndim(images, 2, "images")
+    n = images.shape[-1]
+    if images.shape[-2] != n:
+        raise ValueError(f"images must be square (…, n, n), got {tuple(images.shape)}")
+    if new_box % 2 or n % 2 or not 0 < new_box <= n:
+        raise ValueError(f"new_box must be even and in (0, {n}] for box {n}, got {new_box}")
+    start = n // 2 - new_box // 2
+    ht = ht2_center(images)[..., start : start + new_box, start : start + new_box]
+    out = iht2_center(ht)
+    return out * (new_box / n) ** 2 if rescale else out

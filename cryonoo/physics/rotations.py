@@ -81,7 +81,10 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
     """``(…, 4)`` quaternions ``(w, x, y, z)`` (normalized here) → ``(…, 3, 3)`` matrices."""
     if q.shape[-1] != 4:
         raise ValueError(f"q must have shape (..., 4), got {tuple(q.shape)}")
-    q = q / q.norm(dim=-1, keepdim=True)
+    norm = q.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()):
+        raise ValueError("q contains a zero quaternion, which is not a rotation")
+    q = q / norm
     w, x, y, z = q.unbind(-1)
     rows = [
         1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
@@ -129,7 +132,13 @@ def relion_euler_to_matrix(rot_deg: Tensor, tilt_deg: Tensor, psi_deg: Tensor) -
     Identical to RELION's ``Euler_angles2matrix`` and cryoDRGN's ``R_from_relion``.
     """
     a, b, g = (torch.deg2rad(torch.as_tensor(t)) for t in (rot_deg, tilt_deg, psi_deg))
-    a, b, g = torch.broadcast_tensors(a, b, g)
+    try:
+        a, b, g = torch.broadcast_tensors(a, b, g)
+    except RuntimeError:
+        raise ValueError(
+            "rot_deg, tilt_deg and psi_deg must have broadcastable shapes, got "
+            f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(g.shape)}"
+        ) from None
     ca, sa, cb, sb, cg, sg = a.cos(), a.sin(), b.cos(), b.sin(), g.cos(), g.sin()
     cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
     rows = [

@@ -5,6 +5,7 @@ import torch
 from cryonoo.physics.fft import (
     fft2_center,
     fft3_center,
+    fourier_crop,
     ht2_center,
     ht3_center,
     ifft2_center,
@@ -98,3 +99,22 @@ def test_even_inverse_is_forward_over_n():
     assert torch.allclose(iht2_center(h), ht2_center(h) / 256)
     v = torch.randn(8, 8, 8, dtype=torch.float64)
     assert torch.allclose(iht3_center(v), ht3_center(v) / 512)
+
+
+def test_fourier_crop_keeps_band_limited_signal():
+    """A signal band-limited below the new Nyquist survives cropping exactly (up to scale)."""
+    n, m = 32, 16
+    g = torch.Generator().manual_seed(3)
+    spec = torch.zeros(2, n, n, dtype=torch.complex128)
+    c = n // 2
+    spec[:, c - 4 : c + 5, c - 4 : c + 5] = torch.randn(
+        2, 9, 9, dtype=torch.complex128, generator=g
+    )
+    x = ifft2_center(spec).real  # real part keeps the band limit
+    small = fourier_crop(x, m)
+    # evaluating the same trigonometric polynomial on the coarse grid = every other pixel
+    assert torch.allclose(small * (m / n) ** 2, x[..., ::2, ::2], atol=1e-12)
+    assert torch.allclose(fourier_crop(x, m, rescale=True), x[..., ::2, ::2], atol=1e-12)
+    assert torch.allclose(fourier_crop(x, n), x)
+    with pytest.raises(ValueError, match="new_box"):
+        fourier_crop(x, 15)

@@ -1,0 +1,1 @@
+"""Built-in datasets: heterogeneous phantoms defined in code (no downloads)."""

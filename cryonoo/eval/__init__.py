@@ -1,0 +1,1 @@
+"""Evaluation metrics: Fourier shell correlation and its summaries (CryoBench / cryoDRGN rules)."""
