@@ -40,7 +40,8 @@ import torch
 import cryonoo
 from cryonoo.data.phantoms import PHANTOMS, Phantom
 from cryonoo.io.atomic import atomic_path, atomic_write
-from cryonoo.io.cryodrgn import load_ctf_pkl, load_poses, save_ctf_pkl, save_poses
+from cryonoo.io.cryodrgn import save_ctf_pkl, save_poses
+from cryonoo.io.dataset_dir import DatasetDir, load_dataset_dir
 from cryonoo.io.mrc import read_mrc, write_mrc
 from cryonoo.physics.fft import fourier_crop, ht3_center, iht3_center
 from cryonoo.physics.rotations import random_rotations
@@ -53,9 +54,7 @@ from cryonoo.physics.simulate import (
 )
 
 __all__ = [
-    "DatasetDir",
     "SimulationConfig",
-    "load_dataset_dir",
     "simulate_dataset",
     "simulate_from_maps",
     "simulate_phantom",
@@ -99,26 +98,6 @@ class SimulationConfig:
                 raise ValueError(message)
 
 
-@dataclass(frozen=True)
-class DatasetDir:
-    """Paths and contents of a dataset directory (see the module docstring)."""
-
-    root: Path
-    particles: Path
-    poses: Path
-    ctf: Path
-    labels: np.ndarray | None
-    split: dict[str, np.ndarray]
-    gt_volumes: tuple[Path, ...]
-    config: dict
-
-    @property
-    def n_images(self) -> int:
-        return int(self.config.get("n_images", 0)) or (
-            len(self.labels) if self.labels is not None else 0
-        )
-
-
 def _write_stack_header(path: Path, n: int, box: int, apix: float) -> None:
     with mrcfile.new_mmap(path, shape=(n, box, box), mrc_mode=2, overwrite=True) as mrc:
         mrc.set_image_stack()
@@ -149,7 +128,7 @@ def simulate_dataset(
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     labels = rng.permutation(np.arange(n) % k_conf).astype(np.int64)
-    rots = random_rotations(n, gen, dtype=torch.float64)
+    rots = random_rotations(n, gen, dtype=torch.float64)  # saved in float64, like parsers
     shifts = sample_shifts(n, config.shift_extent_px, rng)
     ctf9 = sample_ctf_params(n, box, apix, config.ctf, rng) if config.ctf else None
     order = rng.permutation(n)
@@ -158,9 +137,9 @@ def simulate_dataset(
 
     render_ctf = None
     if ctf9 is not None:
-        render_ctf = torch.from_numpy(ctf9[:, 1:].astype(np.float64))
+        render_ctf = torch.from_numpy(ctf9[:, 1:].astype(np.float32))
         render_ctf[:, 0] = apix / config.oversample
-    render_shift = torch.from_numpy(shifts * config.oversample)
+    render_shift = torch.from_numpy(shifts * config.oversample).float()
 
     stack_path = out / "particles.mrcs"
     sum_x = sum_x2 = 0.0
@@ -170,22 +149,22 @@ def simulate_dataset(
             data = mrc.data
             done = 0
             for k in range(k_conf):
-                spectrum = volume_spectrum(volumes[k].double())
+                spectrum = volume_spectrum(volumes[k].float())
                 idx = np.flatnonzero(labels == k)
                 for start in range(0, idx.size, config.chunk_size):
                     ids = idx[start : start + config.chunk_size]
                     t = torch.from_numpy(ids)
                     clean = project_images(
                         spectrum,
-                        rots[t],
+                        rots[t].float(),
                         None if render_ctf is None else render_ctf[t],
                         render_shift[t] if config.shift_extent_px > 0 else None,
                         contrast=config.contrast,
                     )
                     if config.oversample > 1:
                         clean = fourier_crop(clean, box, rescale=True)
-                    sum_x += float(clean.sum())
-                    sum_x2 += float((clean**2).sum())
+                    sum_x += float(clean.double().sum())
+                    sum_x2 += float((clean.double() ** 2).sum())
                     data[ids] = clean.numpy().astype(np.float32)
                     done += ids.size
                     if progress:
@@ -310,38 +289,4 @@ def simulate_from_maps(
     apix = config.apix or apixes[0] * oversample
     return simulate_dataset(
         outdir, torch.stack(arrays), cfg, apix=apix, source={"maps": paths}, progress=progress
-    )
-
-
-def load_dataset_dir(path: str | os.PathLike[str]) -> DatasetDir:
-    """Open a dataset directory and check it is complete and consistent."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory {root} does not exist")
-    required = ["particles.mrcs", "poses.pkl", "split.npz", "config.json"]
-    missing = [name for name in required if not (root / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{root} is not a dataset directory: missing {', '.join(missing)} "
-            "(write one with `cryonoo simulate`)"
-        )
-    config = json.loads((root / "config.json").read_text())
-    with np.load(root / "split.npz", allow_pickle=False) as z:
-        split = {key: z[key] for key in z.files}
-    labels_path = root / "labels.npy"
-    labels = np.load(labels_path, allow_pickle=False) if labels_path.is_file() else None
-    _, info = read_mrc(root / "particles.mrcs")
-    n = info.shape[0]
-    if labels is not None and labels.shape != (n,):
-        raise ValueError(f"{root / 'labels.npy'} has {labels.shape[0]} labels for {n} particles")
-    for key, idx in split.items():
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise ValueError(f"{root / 'split.npz'}['{key}'] has indices outside [0, {n})")
-    load_poses(root / "poses.pkl", n=n)
-    ctf = root / "ctf.pkl"
-    if ctf.is_file():
-        load_ctf_pkl(ctf, n=n)
-    gt = tuple(sorted((root / "gt").glob("vol_*.mrc")))
-    return DatasetDir(
-        root, root / "particles.mrcs", root / "poses.pkl", ctf, labels, split, gt, config
     )

@@ -28,13 +28,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from cryonoo.io.stack import ImageSource
+from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
+from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
+from cryonoo.io.stack import ImageSource, open_images
+from cryonoo.physics.ctf import ctf_params_for_box
 from cryonoo.physics.fft import ht2_center, symmetrize_ht
 from cryonoo.physics.masks import soft_circular_window
 from cryonoo.types import Batch
@@ -45,6 +49,7 @@ __all__ = [
     "available_memory_bytes",
     "estimate_norm_std",
     "make_loader",
+    "open_dataset",
     "preprocess_images",
 ]
 
@@ -264,4 +269,70 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
+    )
+
+
+def _ctf_params(ctf9: np.ndarray, box: int, source_path: object, rescale: bool) -> Tensor:
+    """Check the ctf.pkl box column against the images, then convert to ``(N, 8)``."""
+    boxes = np.unique(ctf9[:, 0])
+    if not rescale and (boxes.size != 1 or int(boxes[0]) != box):
+        raise ValueError(
+            f"the CTF file gives box size(s) {boxes.astype(int).tolist()} but the particles "
+            f"({source_path}) are {box} px; if the particles were downsampled from the CTF's box, "
+            "pass ctf_rescale=True (--ctf-rescale) to rescale the pixel size as cryoDRGN does, "
+            "otherwise regenerate ctf.pkl for these particles"
+        )
+    return ctf_params_for_box(ctf9, box)
+
+
+def open_dataset(
+    particles: str | os.PathLike[str],
+    poses: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    ctf: str | os.PathLike[str] | None = None,
+    *,
+    ind: str | os.PathLike[str] | np.ndarray | None = None,
+    datadir: str | os.PathLike[str] | None = None,
+    lazy: bool | None = None,
+    preprocessing: Preprocessing = Preprocessing(),
+    norm_std: float | None = None,
+    ctf_rescale: bool = False,
+    require_poses: bool = True,
+) -> ParticleDataset:
+    """Build a :class:`ParticleDataset` from files, as ``cryonoo train`` does.
+
+    ``particles`` is a stack (``.mrcs``/``.txt``/``.star``/``.cs``) or a dataset directory
+    (``cryonoo simulate``), in which case ``poses``/``ctf`` default to the directory's files and
+    ``ind`` may be a split name (``"train"``, ``"test"``). ``ind`` is otherwise an index file
+    (``.pkl``/``.npy``/``.txt``), ``split.npz:KEY``, or an integer array.
+    """
+    root = Path(os.fspath(particles))
+    if is_dataset_dir(root):
+        data = load_dataset_dir(root)
+        particles = data.particles
+        poses = data.poses if poses is None else poses
+        ctf = (data.ctf if data.ctf.is_file() else None) if ctf is None else ctf
+        if isinstance(ind, str) and ind in data.split:
+            ind = data.split[ind]
+    if poses is None and require_poses:
+        raise ValueError(f"poses are required for {particles} (give --poses poses.pkl)")
+    source = open_images(particles, datadir=datadir)
+    n = len(source)
+    if poses is None:
+        rots, trans = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 3, 3)), None
+    else:
+        rots, trans = load_poses(poses, n=n)
+    ctf_params = None
+    if ctf is not None:
+        ctf_params = _ctf_params(load_ctf_pkl(ctf, n=n), source.box, particles, ctf_rescale)
+    if ind is not None and not isinstance(ind, np.ndarray):
+        ind = load_indices(ind, n=n)
+    return ParticleDataset(
+        source,
+        rots,
+        trans,
+        ctf_params,
+        indices=ind,
+        lazy=lazy,
+        preprocessing=preprocessing,
+        norm_std=norm_std,
     )

@@ -56,12 +56,13 @@ PROJECTORS: Registry[Projector] = Registry("projector")
 
 _INTERPOLATIONS = ("trilinear", "nearest")
 _REAL_SPACE_POINTS = 1 << 23  # grid points per grid_sample call in the real-space projector
+_SPLIT_MIN_POINTS = 1 << 15  # fewer points are sampled on one thread (as torch's own grain size)
 
 
 def _check_rot(rot: Tensor, batch: int | None = None) -> Tensor:
     if not isinstance(rot, Tensor):
         raise TypeError(f"rot must be a torch.Tensor, got {type(rot).__name__}")
-    if rot.ndim != 3 or tuple(rot.shape[-2:]) != (3, 3) or not rot.is_floating_point():
+    if rot.ndim != 3 or rot.shape[1:] != (3, 3) or not rot.is_floating_point():
         raise ValueError(f"rot must be a real (B, 3, 3) tensor, got {tuple(rot.shape)} {rot.dtype}")
     if batch is not None and rot.shape[0] != batch:
         raise ValueError(f"rot must have shape ({batch}, 3, 3) to match, got {tuple(rot.shape)}")
@@ -85,18 +86,18 @@ def _real_dtype(x: Tensor) -> torch.dtype:
 
 
 def _slice_points(
-    D: int, rot: Tensor, mask: Tensor | None, dtype: torch.dtype, count: int | None = None
+    D: int, rot: Tensor, mask: Tensor | None, like: Tensor, count: int | None = None
 ) -> Tensor:
     """``(B, N, 3)`` coordinates ``coords @ R`` in cycles/pixel (the first ``count`` points of
-    the lattice or of the mask)."""
-    coords = lattice_coords(D, device=rot.device, dtype=dtype)[:, :2]
+    the lattice or of the mask), with the real dtype and the device of ``like``."""
+    dtype, device = _real_dtype(like), like.device
+    coords = lattice_coords(D, device=device, dtype=dtype)[:, :2]
     if mask is not None:
-        coords = coords[mask.to(rot.device)]
+        coords = coords[mask.to(device)]
     coords = coords[:count]
-    # z = 0 on the lattice, so only the first two rows of R matter; one (N, 2) @ (2, 3B) GEMM.
-    # (a broadcast (N, 3) @ (B, 3, 3) matmul is ~20× slower on CPU)
-    rows = rot[:, :2].to(dtype)  # (B, 2, 3)
-    return torch.einsum("nj,bjk->bnk", coords, rows)
+    # z = 0 on the lattice: only the first two rows of R matter (einsum → one GEMM; a broadcast
+    # (N, 3) @ (B, 3, 3) matmul is ~20× slower on CPU)
+    return torch.einsum("nj,bjk->bnk", coords, rot[:, :2].to(device=device, dtype=dtype))
 
 
 def _grid_sample(values: Tensor, grid: Tensor, mode: str) -> Tensor:
@@ -104,13 +105,13 @@ def _grid_sample(values: Tensor, grid: Tensor, mode: str) -> Tensor:
 
     ``Bv`` is 1 (one volume shared by all points) or ``B``. The CPU kernel parallelizes over the
     batch axis only, so a shared volume is expanded (a stride-0 view) and the points are split
-    into one chunk per thread.
+    into one chunk per thread (when there are enough of them to pay for the fork).
     """
     B, N, _ = grid.shape
     C = values.shape[1]
     if values.shape[0] == 1:
         k = torch.get_num_threads() if grid.device.type == "cpu" else 1
-        k = k if k > 1 and (B * N) % k == 0 else 1
+        k = k if k > 1 and (B * N) % k == 0 and B * N >= _SPLIT_MIN_POINTS else 1
         values, grid = values.expand(k, -1, -1, -1, -1), grid.reshape(k, 1, 1, -1, 3)
     else:
         grid = grid.reshape(B, 1, 1, N, 3)
@@ -136,7 +137,8 @@ def extract_central_slices(
     rot:
         ``(B, 3, 3)`` rotations; slice ``b`` samples the spectrum at ``coords @ rot[b]``.
     interpolation:
-        ``"trilinear"`` (``grid_sample``) or ``"nearest"`` (rounded indices + gather).
+        ``"trilinear"`` or ``"nearest"`` (voxel index rounded half to even); both are
+        ``F.grid_sample`` kernels.
     mask:
         Optional boolean ``(D²,)`` lattice mask (e.g. :func:`circular_mask`): only those points
         are sampled, which is proportionally faster.
@@ -148,43 +150,31 @@ def extract_central_slices(
     Returns
     -------
     ``(B, D, D)`` slices (``(B, N)`` with a mask), same dtype as ``spectrum``; differentiable
-    with respect to ``spectrum``. Points outside the grid are 0.
+    with respect to ``spectrum`` (and, trilinear, to ``rot``). Points outside the grid are 0.
     """
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
-    _check_rot(rot)
     D, batched = spectrum.shape[-1], spectrum.ndim == 4
     if spectrum.ndim not in (3, 4) or len(set(spectrum.shape[-3:])) != 1 or D % 2 == 0:
         raise ValueError(
             f"spectrum must be (D, D, D) or (B, D, D, D) with D odd, got {tuple(spectrum.shape)}"
         )
-    if batched and spectrum.shape[0] != rot.shape[0]:
-        raise ValueError(
-            f"a batched spectrum needs one rotation per volume: rot must be "
-            f"({spectrum.shape[0]}, 3, 3), got {tuple(rot.shape)}"
-        )
+    _check_rot(rot, spectrum.shape[0] if batched else None)  # one rotation per batched volume
     _check_mask(mask, D)
-    B, n = rot.shape[0], D - 1
+    B = rot.shape[0]
     N = D * D if mask is None else int(mask.sum())
     if hermitian and not spectrum.is_complex():
         raise ValueError("hermitian=True needs a complex spectrum (a Hartley spectrum is real)")
     if hermitian and mask is not None and not torch.equal(mask, mask.flip(0)):
         raise ValueError("hermitian=True needs a point-symmetric mask (mask == mask.flip(0))")
     count = N // 2 + N % 2 if hermitian else N  # entries i and N − 1 − i are k and −k
-    pts = _slice_points(D, rot, mask, _real_dtype(spectrum), count)  # (B, count, 3)
-    if interpolation == "nearest":
-        idx = torch.round(pts * n + D // 2)
-        inside = ((idx >= 0) & (idx <= D - 1)).all(-1)
-        ix, iy, iz = idx.long().clamp_(0, D - 1).unbind(-1)
-        flat = (iz * D + iy) * D + ix  # (B, N)
-        table = spectrum.reshape(-1, D**3) if batched else spectrum.reshape(1, -1)
-        out = torch.gather(table.expand(B, -1), 1, flat)
-        out = out * inside  # masks out-of-grid points, keeps the autograd path
-    else:
-        spec = spectrum if batched else spectrum[None]
-        chans = torch.view_as_real(spec).movedim(-1, 1) if spec.is_complex() else spec[:, None]
-        out = _grid_sample(chans, 2 * pts, "bilinear")  # bilinear on 5-D input = trilinear
-        out = torch.view_as_complex(out.contiguous()) if spec.is_complex() else out[..., 0]
+    pts = _slice_points(D, rot, mask, spectrum, count)  # (B, count, 3)
+    spec = spectrum if batched else spectrum[None]
+    chans = torch.view_as_real(spec).movedim(-1, 1) if spec.is_complex() else spec[:, None]
+    # on a 5-D input "bilinear" is trilinear and "nearest" rounds the voxel index (half to even)
+    mode = "bilinear" if interpolation == "trilinear" else "nearest"
+    out = _grid_sample(chans, 2 * pts, mode)  # (B, count, C)
+    out = torch.view_as_complex(out.contiguous()) if spec.is_complex() else out[..., 0]
     if hermitian:
         out = torch.cat([out, out[:, : N - count].flip(1).conj()], dim=1)
     return out if mask is not None else out.reshape(B, D, D)
@@ -232,26 +222,30 @@ def insert_central_slices(
     values = torch.view_as_real(slices) if slices.is_complex() else slices[..., None]
     values = values.reshape(-1, values.shape[-1])  # (P, C)
     w = None if weights is None else torch.broadcast_to(weights, slices.shape).reshape(-1)
-    idx = _slice_points(D, rot, mask, real).reshape(-1, 3) * (D - 1) + D // 2  # (P, 3) voxels
+    # voxel coordinates; points beyond the grid are clamped next to it, where the one-voxel
+    # padding (two above) of the accumulators catches their weight, so no per-corner bounds checks
+    idx = _slice_points(D, rot, mask, slices).reshape(-1, 3) * (D - 1) + D // 2
+    idx = idx.clamp_(-1, D)
     base = idx.floor()
-    frac = idx - base
-    base, lo = base.long(), 1 - frac
-    spectrum_sum = values.new_zeros(D**3, values.shape[-1])
-    weight_sum = torch.zeros(D**3, dtype=real, device=slices.device)
-    for corner in range(8):  # the 8 neighbours of every point, all points at once
-        offset = torch.tensor([corner & 1, (corner >> 1) & 1, corner >> 2], device=idx.device)
-        vox = base + offset
-        t = torch.where(offset.bool(), frac, lo).prod(-1)  # (P,) trilinear weight
-        inside = ((vox >= 0) & (vox < D)).all(-1)
-        t = t * inside
-        vox = vox.clamp_(0, D - 1)
-        flat = (vox[:, 2] * D + vox[:, 1]) * D + vox[:, 0]
-        spectrum_sum.index_add_(0, flat, values * t[:, None])
-        weight_sum.index_add_(0, flat, t if w is None else t * w)
-    spectrum_sum = spectrum_sum.reshape(D, D, D, -1)
-    if slices.is_complex():
-        return torch.view_as_complex(spectrum_sum), weight_sum.reshape(D, D, D)
-    return spectrum_sum[..., 0], weight_sum.reshape(D, D, D)
+    hi = idx - base  # (P, 3) weights of the upper neighbours
+    lo = 1 - hi
+    Dp = D + 3
+    base = base.long() + 1
+    flat = (base[:, 2] * Dp + base[:, 1]) * Dp + base[:, 0]
+    sums = [torch.zeros(Dp**3, dtype=real, device=slices.device) for _ in range(values.shape[1])]
+    weight_sum = torch.zeros(Dp**3, dtype=real, device=slices.device)
+    for dz, dy in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the 8 neighbours, all points at once
+        t_yz = (hi if dy else lo)[:, 1] * (hi if dz else lo)[:, 2]
+        for dx in (0, 1):
+            t = t_yz * (hi if dx else lo)[:, 0]  # (P,) trilinear weight
+            corner = flat + ((dz * Dp + dy) * Dp + dx)
+            for acc, v in zip(sums, values.unbind(1), strict=True):
+                acc.scatter_add_(0, corner, v * t)
+            weight_sum.scatter_add_(0, corner, t if w is None else t * w)
+    inner = slice(1, D + 1)
+    out = [acc.reshape(Dp, Dp, Dp)[inner, inner, inner] for acc in [*sums, weight_sum]]
+    spectrum_sum = torch.complex(out[0], out[1]) if slices.is_complex() else out[0]
+    return spectrum_sum, out[-1]
 
 
 def _fold_nyquist(x: Tensor) -> Tensor:
@@ -281,7 +275,7 @@ def backproject(
     Parameters
     ----------
     images:
-        ``(B, n, n)`` real-space images, ``n`` even, not contrast-inverted.
+        ``(B, n, n)`` real-space images, ``n`` even, used as given (no contrast inversion).
     rot:
         ``(B, 3, 3)`` poses (cryoDRGN convention).
     ctf:
@@ -326,7 +320,6 @@ def backproject(
 
 def _fourier_project(volume: Tensor, rot: Tensor, interpolation: str) -> Tensor:
     _check_volume(volume)
-    _check_rot(rot)
     spectrum = symmetrize_ht3(ht3_center(volume))
     slices = extract_central_slices(spectrum, rot, interpolation=interpolation)
     return iht2_center(unsymmetrize_ht(slices))
@@ -334,19 +327,13 @@ def _fourier_project(volume: Tensor, rot: Tensor, interpolation: str) -> Tensor:
 
 @PROJECTORS.register("fourier-trilinear")
 def project_fourier_trilinear(volume: Tensor, rot: Tensor) -> Tensor:
-    """Fourier slice theorem: trilinear central slices of the volume's 3-D Hartley spectrum.
-
-    ``volume (n, n, n)`` real, ``n`` even; ``rot (B, 3, 3)`` → ``(B, n, n)`` projections.
-    """
+    """Fourier slice theorem: trilinear central slices of the volume's 3-D Hartley spectrum."""
     return _fourier_project(volume, rot, "trilinear")
 
 
 @PROJECTORS.register("fourier-nearest")
 def project_fourier_nearest(volume: Tensor, rot: Tensor) -> Tensor:
-    """Fourier slice theorem with nearest-voxel central slices (fast, least accurate).
-
-    ``volume (n, n, n)`` real, ``n`` even; ``rot (B, 3, 3)`` → ``(B, n, n)`` projections.
-    """
+    """Fourier slice theorem with nearest-voxel central slices (fast, least accurate)."""
     return _fourier_project(volume, rot, "nearest")
 
 
@@ -354,9 +341,8 @@ def project_fourier_nearest(volume: Tensor, rot: Tensor) -> Tensor:
 def project_real_space(volume: Tensor, rot: Tensor) -> Tensor:
     """Reference projector: rotate the volume (trilinear ``grid_sample``) and sum along z.
 
-    ``img[y, x] = Σ_z V[Rᵀ (x, y, z)]`` around voxel ``n // 2``; ``volume (n, n, n)`` real,
-    ``n`` even; ``rot (B, 3, 3)`` → ``(B, n, n)``. Memory is bounded by processing the rotations
-    in chunks of ``2²³`` grid points.
+    ``img[y, x] = Σ_z V[Rᵀ (x, y, z)]`` around voxel ``n // 2``; rotations are processed in
+    chunks of ``2²³`` grid points to bound the memory.
     """
     n = _check_volume(volume)
     _check_rot(rot)
@@ -366,7 +352,7 @@ def project_real_space(volume: Tensor, rot: Tensor) -> Tensor:
     values = volume[None, None]
     chunk = max(1, _REAL_SPACE_POINTS // n**3)
     images = []
-    for part in rot.to(volume.dtype).split(chunk):  # chunks of rotations, not single images
+    for part in rot.to(volume).split(chunk):  # chunks of rotations, not single images
         p = torch.einsum("nj,bjk->bnk", r, part)  # (b, n³, 3): Rᵀ r as row vectors
         grid = (p + n // 2) * (2 / (n - 1)) - 1  # voxel index → align_corners=True coordinates
         out = _grid_sample(values, grid, "bilinear")  # (b, n³, 1)
@@ -375,8 +361,9 @@ def project_real_space(volume: Tensor, rot: Tensor) -> Tensor:
 
 
 def project(volume: Tensor, rot: Tensor, method: str = "fourier-trilinear") -> Tensor:
-    """Project ``volume (n, n, n)`` at ``rot (B, 3, 3)`` with projector ``method`` → ``(B, n, n)``.
+    """Project a real ``(n, n, n)`` volume (``n`` even) at ``rot (B, 3, 3)`` → ``(B, n, n)``.
 
-    ``method`` is a name in :data:`PROJECTORS` (unknown names raise the registry's ``KeyError``).
+    Every entry of :data:`PROJECTORS` has this contract; ``method`` names one (unknown names
+    raise the registry's ``KeyError``).
     """
     return PROJECTORS.get(method)(volume, rot)

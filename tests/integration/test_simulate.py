@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cryonoo.data.phantoms import PHANTOMS
-from cryonoo.data.simulate import SimulationConfig, load_dataset_dir, simulate_phantom
+from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.io.cryodrgn import load_ctf_pkl, load_poses
+from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.physics.noise import estimate_noise_sigma
 
 
@@ -143,3 +144,28 @@ def test_backprojection_recovers_ground_truth(tmp_path, with_ctf_and_shifts):
     assert fsc.min() > 0.9, fsc
     # and the same images without contrast inversion give the negative map
     assert fsc_curve(-volume, gt).fsc[1:].max() < -0.9
+
+
+def test_open_dataset_from_directory_and_ctf_box_check(tmp_path):
+    from cryonoo.io.cryodrgn import load_ctf_pkl, save_ctf_pkl
+    from cryonoo.io.dataset import open_dataset
+
+    data = _simulate(tmp_path, "d", box=16, n_images=40, oversample=1)
+    train = open_dataset(data.root, ind="train", lazy=False)
+    assert len(train) == len(data.split["train"]) and train.D == 17
+    np.testing.assert_array_equal(train.indices, data.split["train"])
+    batch = train[[0, 1]]
+    assert batch.ctf.shape == (2, 8) and batch.images.shape == (2, 17, 17)
+    # the split can also be named as split.npz:KEY
+    test = open_dataset(data.particles, data.poses, data.ctf, ind=f"{data.root}/split.npz:test")
+    np.testing.assert_array_equal(test.indices, data.split["test"])
+    # a CTF file made for another box is refused unless rescaling is asked for
+    ctf = load_ctf_pkl(data.ctf)
+    ctf[:, 0] = 32
+    save_ctf_pkl(tmp_path / "ctf32.pkl", ctf)
+    with pytest.raises(ValueError, match=r"box size\(s\) \[32\] but the particles"):
+        open_dataset(data.particles, data.poses, tmp_path / "ctf32.pkl")
+    rescaled = open_dataset(data.particles, data.poses, tmp_path / "ctf32.pkl", ctf_rescale=True)
+    assert rescaled.ctf[0, 0].item() == pytest.approx(32 * ctf[0, 1] / 16)
+    with pytest.raises(ValueError, match=r"count mismatch|particles"):
+        open_dataset(data.particles, data.poses, data.ctf, ind=np.arange(50))

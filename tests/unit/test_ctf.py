@@ -248,3 +248,34 @@ def test_shape_validation():
         ctf_from_params(torch.zeros(5, 3), torch.ones(3, 8))
     with pytest.raises(ValueError, match="Apix"):
         ctf_from_params(torch.zeros(5, 2), torch.zeros(3, 8))
+
+
+def test_shared_frequency_fast_path_equals_general_formula():
+    """ctf_from_params on (N, 2) frequencies (one matmul) equals compute_ctf on (B, N, 2)."""
+    from cryonoo.physics.ctf import compute_ctf, ctf_from_params
+    from cryonoo.physics.lattice import lattice_freqs
+
+    g = torch.Generator().manual_seed(5)
+    b = 16
+    params = torch.stack(
+        [
+            1 + 3 * torch.rand(b, generator=g, dtype=torch.float64),
+            5000 + 20000 * torch.rand(b, generator=g, dtype=torch.float64),
+            5000 + 20000 * torch.rand(b, generator=g, dtype=torch.float64),
+            -90 + 180 * torch.rand(b, generator=g, dtype=torch.float64),
+            torch.full((b,), 300.0, dtype=torch.float64),
+            4 * torch.rand(b, generator=g, dtype=torch.float64),
+            0.3 * torch.rand(b, generator=g, dtype=torch.float64),
+            30 * torch.rand(b, generator=g, dtype=torch.float64),
+        ],
+        dim=-1,
+    )
+    freqs = lattice_freqs(33, dtype=torch.float64)
+    fast = ctf_from_params(freqs, params)
+    general = compute_ctf(freqs / params[:, None, :1], *params[:, 1:].unbind(-1))
+    assert fast.shape == (b, 33 * 33)
+    torch.testing.assert_close(fast, general, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="volt"):
+        bad = params.clone()
+        bad[0, 4] = -1
+        ctf_from_params(freqs, bad)

@@ -1,0 +1,228 @@
+"""Encoders (images → posterior mean and log-variance) and the MLP building blocks they share.
+
+Every entry of :data:`ENCODERS` is a factory taking keyword arguments ``in_dim`` (number of
+encoder-mask points), ``zdim``, ``layers``, ``dim`` (hidden width), ``activation`` and, for image
+encoders, ``D`` (odd lattice size, ``box + 1``); every factory accepts all of them and ignores
+those it does not need (``D`` for the MLPs, ``in_dim`` for the CNN). The built module has
+attributes ``zdim`` and ``input_kind``:
+
+* ``"points"``: ``forward(x (B, in_dim)) → (mu, logvar)``, each ``(B, zdim)``; ``x`` holds the
+  (translated, phase-flipped) Hartley values at the encoder-mask points in raster order.
+* ``"image"``: ``forward(x (B, D, D)) → (mu, logvar)``; ``x`` is the same image on the full lattice,
+  zero outside the encoder mask.
+
+``resid-mlp`` is cryoDRGN's ``ResidLinearMLP(in_dim → 2·zdim)``; the module layout (``main`` =
+``Sequential`` of ``[Linear|ResidLinear, act, (ResidLinear, act)×layers, Linear]``, a
+``ResidLinear`` wrapping ``.linear``) gives the same ``state_dict`` keys as cryoDRGN's encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from cryonoo.physics.lattice import check_odd_lattice
+from cryonoo.registry import Registry
+
+__all__ = [
+    "ACTIVATIONS",
+    "ENCODERS",
+    "MLP",
+    "ConvEncoder",
+    "MLPEncoder",
+    "ResidLinear",
+    "ResidLinearMLP",
+    "make_activation",
+]
+
+ENCODERS: Registry = Registry("encoder")
+
+#: Activation names accepted by every encoder and decoder.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (see :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def _check_int(value: int, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+class ResidLinear(nn.Module):
+    """``y = W x + b + x`` (square linear layer with a skip connection)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        if n_in != n_out:
+            raise ValueError(f"ResidLinear needs n_in == n_out, got {n_in} and {n_out}")
+        self.linear = nn.Linear(n_in, n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x) + x
+
+
+class _Stack(nn.Module):
+    """``main = Sequential(first, act, (hidden, act)×nlayers, last)``; acts on the last axis."""
+
+    residual: bool = False
+
+    def __init__(
+        self, in_dim: int, nlayers: int, hidden_dim: int, out_dim: int, activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        _check_int(in_dim, "in_dim", 1)
+        _check_int(nlayers, "layers", 0)
+        _check_int(hidden_dim, "dim", 1)
+        _check_int(out_dim, "out_dim", 1)
+
+        def lin(a: int, b: int) -> nn.Module:
+            return ResidLinear(a, b) if self.residual and a == b else nn.Linear(a, b)
+
+        mods: list[nn.Module] = [lin(in_dim, hidden_dim), make_activation(activation)]
+        for _ in range(nlayers):
+            mods += [lin(hidden_dim, hidden_dim), make_activation(activation)]
+        mods.append(lin(hidden_dim, out_dim))
+        self.main = nn.Sequential(*mods)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.main(x)
+
+
+class ResidLinearMLP(_Stack):
+    """cryoDRGN's residual MLP: ``(…, in_dim) → (…, out_dim)``, ``nlayers + 2`` linear layers."""
+
+    residual = True
+
+
+class MLP(_Stack):
+    """The same stack as :class:`ResidLinearMLP` without skip connections."""
+
+    residual = False
+
+
+class MLPEncoder(nn.Module):
+    """An MLP on the encoder-mask points: ``(B, in_dim) → ((B, zdim), (B, zdim))``."""
+
+    input_kind = "points"
+
+    def __init__(
+        self,
+        in_dim: int,
+        zdim: int,
+        layers: int = 3,
+        dim: int = 1024,
+        activation: str = "relu",
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.zdim = _check_int(zdim, "zdim", 1)
+        cls = ResidLinearMLP if residual else MLP
+        self.main = cls(in_dim, layers, dim, 2 * zdim, activation).main
+        self.in_dim = in_dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.ndim != 2 or x.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"x must have shape (B, {self.in_dim}) (encoder-mask points), got {tuple(x.shape)}"
+            )
+        out = self.main(x)
+        return out[:, : self.zdim], out[:, self.zdim :]
+
+
+def _conv_out(size: int) -> int:
+    """Output size of a 3×3 convolution with stride 2 and padding 1."""
+    return (size + 2 * 1 - 3) // 2 + 1
+
+
+class ConvEncoder(nn.Module):
+    """A small strided CNN on the ``(B, D, D)`` lattice image.
+
+    ``max(layers, s)`` stages ``Conv3×3(stride 2) → act`` with 16, 32, … (≤ 256) channels, where
+    ``s`` is the number of stages needed to bring the side below 9 pixels; then
+    ``Linear(flat, dim) → act → Linear(dim, 2·zdim)``. All sizes follow from ``D``.
+    """
+
+    input_kind = "image"
+
+    def __init__(
+        self, D: int, zdim: int, layers: int = 3, dim: int = 256, activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        check_odd_lattice(D)
+        self.zdim = _check_int(zdim, "zdim", 1)
+        _check_int(layers, "layers", 1)
+        _check_int(dim, "dim", 1)
+        mods: list[nn.Module] = []
+        size, ch_in, stage = D, 1, 0
+        while (stage < layers or size > 8) and size > 1:
+            ch_out = min(16 * 2**stage, 256)
+            mods += [nn.Conv2d(ch_in, ch_out, 3, stride=2, padding=1), make_activation(activation)]
+            size, ch_in, stage = _conv_out(size), ch_out, stage + 1
+        self.conv = nn.Sequential(*mods)
+        flat = ch_in * size * size
+        self.head = nn.Sequential(
+            nn.Linear(flat, dim), make_activation(activation), nn.Linear(dim, 2 * zdim)
+        )
+        self.D = D
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.D, self.D):
+            raise ValueError(
+                f"x must have shape (B, {self.D}, {self.D}) (lattice images), got {tuple(x.shape)}"
+            )
+        out = self.head(torch.flatten(self.conv(x[:, None]), 1))
+        return out[:, : self.zdim], out[:, self.zdim :]
+
+
+@ENCODERS.register("resid-mlp")
+def resid_mlp(
+    in_dim: int,
+    zdim: int,
+    layers: int = 3,
+    dim: int = 1024,
+    activation: str = "relu",
+    D: int | None = None,
+) -> MLPEncoder:
+    """Residual MLP on the encoder-mask pixels (cryoDRGN's default encoder)."""
+    return MLPEncoder(in_dim, zdim, layers, dim, activation, residual=True)
+
+
+@ENCODERS.register("mlp")
+def mlp(
+    in_dim: int,
+    zdim: int,
+    layers: int = 3,
+    dim: int = 1024,
+    activation: str = "relu",
+    D: int | None = None,
+) -> MLPEncoder:
+    """Plain MLP (no skip connections) on the encoder-mask pixels."""
+    return MLPEncoder(in_dim, zdim, layers, dim, activation, residual=False)
+
+
+@ENCODERS.register("cnn")
+def cnn(
+    D: int,
+    zdim: int,
+    layers: int = 3,
+    dim: int = 256,
+    activation: str = "relu",
+    in_dim: int | None = None,
+) -> ConvEncoder:
+    """Small strided CNN on the masked lattice image (shapes derived from D)."""
+    return ConvEncoder(D, zdim, layers, dim, activation)

@@ -1,0 +1,200 @@
+"""SSL objectives: a loss bundled with the heads it needs (what ``--ssl`` selects).
+
+Each entry of :data:`SSL` is an ``nn.Module`` built as ``factory(in_dim, head=…, …)`` whose
+``forward(z_a, z_b)`` maps two ``(B, in_dim)`` latent batches to a dict of scalars::
+
+    {"loss": weighted total, <term>: value, …, "std": collapse monitor, "skipped": 0. or 1.}
+
+* The heads and the loss run in float32 with autocast disabled (inputs are cast with
+  ``.float()``), so the result is float32 under AMP.
+* The two views go through the heads in **separate** calls, so each BatchNorm sees the batch
+  statistics of its own view.
+* A batch with fewer than 2 samples cannot give batch statistics: the objective returns a zero
+  loss with ``skipped = 1`` (and logs the reason once) instead of raising.
+* Non-loss entries (``std``, ``skipped``) are detached; the terms are returned with their graph
+  so callers may reweight them, and ``loss`` is differentiable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cryonoo.registry import Registry
+from cryonoo.ssl.heads import (
+    HEADS,
+    HeadSpec,
+    build_head,
+    head_out_dim,
+    simsiam_predictor,
+    simsiam_projector,
+)
+from cryonoo.ssl.losses import (
+    barlow_twins_loss,
+    collapse_std,
+    full_precision,
+    invariance_loss,
+    simsiam_loss,
+    vicreg_terms,
+)
+
+__all__ = [
+    "SSL",
+    "BarlowTwinsObjective",
+    "InvarianceObjective",
+    "SimSiamObjective",
+    "VICRegObjective",
+]
+
+logger = logging.getLogger(__name__)
+
+SSL: Registry = Registry("ssl objective")
+
+
+class _Objective(nn.Module):
+    """Common machinery: shape checks, float32 region, small-batch skip."""
+
+    _warned_small_batch = False
+    term_names: Sequence[str] = ()
+
+    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        """``(B, in_dim)``, ``(B, in_dim)`` → ``{"loss", <terms>, "std", "skipped"}``."""
+        if z_a.ndim != 2 or z_a.shape != z_b.shape:
+            raise ValueError(
+                f"expected two (B, d) latents of equal shape, got {tuple(z_a.shape)} and "
+                f"{tuple(z_b.shape)}"
+            )
+        device = z_a.device
+        if z_a.shape[0] < 2:
+            if not _Objective._warned_small_batch:
+                logger.warning(
+                    "%s skipped on a batch of %d sample(s): batch statistics need at least 2 "
+                    "(use drop_last=True); further skips are not logged",
+                    type(self).__name__,
+                    z_a.shape[0],
+                )
+                _Objective._warned_small_batch = True
+            zero = torch.zeros((), device=device)
+            out = {"loss": zero, **dict.fromkeys(self.term_names, zero)}
+            return {**out, "std": zero, "skipped": torch.ones((), device=device)}
+        with full_precision(device):
+            out = self._terms(z_a.float(), z_b.float())
+        out["skipped"] = torch.zeros((), device=device)
+        return out
+
+
+@SSL.register("vicreg")
+class VICRegObjective(_Objective):
+    """VICReg: expander + invariance/variance/covariance terms (CryoNOO default, 1/1/1).
+
+    Parameters
+    ----------
+    in_dim:
+        Latent width.
+    head:
+        Expander: width spec (default ``"1024-1024-1024"``, the paper's), ``"none"`` or a module.
+    inv, var, cov:
+        Weights of the terms (``λ_inv = λ_var = λ_cov = 1`` in CryoNOO).
+    gamma, eps:
+        Target std and variance epsilon of the variance hinge.
+
+    The terms follow the ``"official"`` normalization of :func:`cryonoo.ssl.losses.vicreg_terms`.
+    """
+
+    term_names = ("inv", "var", "cov")
+
+    def __init__(
+        self,
+        in_dim: int,
+        head: HeadSpec | nn.Module = "1024-1024-1024",
+        inv: float = 1.0,
+        var: float = 1.0,
+        cov: float = 1.0,
+        gamma: float = 1.0,
+        eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.head = build_head(head, in_dim)
+        self.weights = {"inv": float(inv), "var": float(var), "cov": float(cov)}
+        self.gamma, self.eps = float(gamma), float(eps)
+
+    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        h_a, h_b = self.head(z_a), self.head(z_b)
+        t = vicreg_terms(h_a, h_b, gamma=self.gamma, eps=self.eps)
+        loss = sum(self.weights[k] * t[k] for k in self.term_names)
+        return {"loss": loss, **t, "std": collapse_std(h_a)}
+
+
+@SSL.register("invariance")
+class InvarianceObjective(_Objective):
+    """Invariance only: expander + MSE between the views (collapse-prone ablation)."""
+
+    term_names = ("inv",)
+
+    def __init__(self, in_dim: int, head: HeadSpec | nn.Module = "1024-1024-1024") -> None:
+        super().__init__()
+        self.head = build_head(head, in_dim)
+
+    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        h_a, h_b = self.head(z_a), self.head(z_b)
+        inv = invariance_loss(h_a, h_b)
+        return {"loss": inv, "inv": inv, "std": collapse_std(h_a)}
+
+
+@SSL.register("simsiam")
+class SimSiamObjective(_Objective):
+    """SimSiam: projector + bottleneck predictor, symmetrized negative cosine with stop-grad.
+
+    ``head`` is the projector spec (BatchNorm after every Linear, the last without affine);
+    ``predictor`` is the bottleneck width spec (default ``out_dim // 4``) or a module.
+    """
+
+    term_names = ("neg_cos",)
+
+    def __init__(
+        self,
+        in_dim: int,
+        head: HeadSpec | nn.Module = "1024-1024-1024",
+        predictor: HeadSpec | nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(head, nn.Module) or (isinstance(head, str) and head in HEADS):
+            self.projector = build_head(head, in_dim)
+        else:
+            self.projector = simsiam_projector(in_dim, head)
+        out_dim = head_out_dim(self.projector, in_dim)
+        if isinstance(predictor, nn.Module):
+            self.predictor = predictor
+        else:
+            self.predictor = simsiam_predictor(out_dim, predictor)
+
+    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        h_a, h_b = self.projector(z_a), self.projector(z_b)
+        p_a, p_b = self.predictor(h_a), self.predictor(h_b)
+        loss = simsiam_loss(p_a, p_b, h_a, h_b)
+        return {"loss": loss, "neg_cos": loss, "std": collapse_std(h_a)}
+
+
+@SSL.register("barlow")
+class BarlowTwinsObjective(_Objective):
+    """Barlow Twins: expander + cross-correlation-to-identity loss (λ_offdiag = 0.0051)."""
+
+    term_names = ("barlow",)
+
+    def __init__(
+        self, in_dim: int, head: HeadSpec | nn.Module = "1024-1024-1024", lambd: float = 0.0051
+    ) -> None:
+        super().__init__()
+        self.head = build_head(head, in_dim)
+        self.lambd = float(lambd)
+
+    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        h_a, h_b = self.head(z_a), self.head(z_b)
+        loss = barlow_twins_loss(h_a, h_b, lambd=self.lambd)
+        return {"loss": loss, "barlow": loss, "std": collapse_std(h_a)}

@@ -1,0 +1,1 @@
+"""Training: recipes (frozen configs), the training loop, checkpoints and run directories."""

@@ -1,0 +1,172 @@
+"""Training recipes: one frozen :class:`TrainConfig` per arm of the paper's tables.
+
+``RECIPES["cryonoo"]`` is the method (VICReg self-distillation on re-noised re-projections,
+J = 3 views with noise factors 1, 2, 3, λ = 0.3, warm-up N = 10 epochs, expander 3 × 1024,
+``ReduceLROnPlateau``); ``RECIPES["cryodrgn"]`` is the plain VAE baseline (cryoDRGN's
+``train_vae`` with batch size 64). Every other recipe changes one thing, mirroring the ablations
+(paper Tables 4, 6 and 7)::
+
+    RECIPES["simsiam"] == replace(RECIPES["cryonoo"], name="simsiam", ssl="simsiam")
+
+Build your own with :func:`dataclasses.replace` or ``cryonoo ablate --ssl … --weight …``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["RECIPES", "TrainConfig", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json`` in the run directory)."""
+
+    name: str = "cryonoo"
+    # model (cryoDRGN's defaults)
+    zdim: int = 8
+    encoder: str = "resid-mlp"
+    decoder: str = "fourier"
+    enc_layers: int = 3
+    enc_dim: int = 1024
+    dec_layers: int = 3
+    dec_dim: int = 1024
+    pe_type: str = "gaussian"
+    pe_dim: int | None = None
+    feat_sigma: float = 0.5
+    activation: str = "relu"
+    beta: float | None = None  # KL weight; None → 1/zdim
+    # optimization
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_plateau: bool = True  # ReduceLROnPlateau(min, factor 0.5, patience 3) on the epoch loss
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    grad_clip: float | None = None
+    amp: bool = True  # autocast on CUDA (bf16 where supported); no effect on CPU
+    seed: int = 0
+    # self-distillation (ssl=None: no SSL term, the plain model)
+    ssl: str | None = "vicreg"
+    ssl_weight: float = 0.3
+    head: str = "1024-1024-1024"
+    warmup_epochs: int = 10
+    augment: str = "reproject-noise"
+    noise_factors: tuple[float, ...] = (1.0, 2.0, 3.0)
+    noise_sigma: float | None = None  # in the stack's pixel units; None → estimated
+    decoder_freeze: bool = False
+    detach_render: bool = True
+    # data
+    invert: bool = True
+    window: bool = True
+    window_r: float = 0.85
+    lazy: bool | None = None
+    num_workers: int = 0
+    ctf_rescale: bool = False
+    # output
+    checkpoint_every: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "zdim": self.zdim >= 1,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "ssl_weight": self.ssl_weight >= 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "noise_factors": len(self.noise_factors) >= 1 and min(self.noise_factors) >= 0,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "enc_layers": self.enc_layers >= 0 and self.dec_layers >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = {name: getattr(self, name) for name in bad}
+            raise ValueError(f"invalid training settings: {values}")
+        object.__setattr__(self, "noise_factors", tuple(float(f) for f in self.noise_factors))
+
+    @property
+    def uses_ssl(self) -> bool:
+        """Whether the self-distillation term is active at all."""
+        return self.ssl is not None and self.ssl_weight > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form."""
+        out = dataclasses.asdict(self)
+        out["noise_factors"] = list(self.noise_factors)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
+        data = dict(data)
+        if "noise_factors" in data:
+            data["noise_factors"] = tuple(data["noise_factors"])
+        return cls(**data)
+
+    def model_fields(self) -> dict[str, Any]:
+        """The settings that define the network architecture (must match to resume)."""
+        keys = (
+            "zdim",
+            "encoder",
+            "decoder",
+            "enc_layers",
+            "enc_dim",
+            "dec_layers",
+            "dec_dim",
+            "pe_type",
+            "pe_dim",
+            "feat_sigma",
+            "activation",
+            "ssl",
+            "head",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+
+_CRYONOO = TrainConfig()
+_CRYODRGN = replace(_CRYONOO, name="cryodrgn", ssl=None, lr_plateau=False)
+
+
+def _arm(name: str, **changes: Any) -> TrainConfig:
+    return replace(_CRYONOO, name=name, **changes)
+
+
+RECIPES: dict[str, TrainConfig] = {
+    "cryonoo": _CRYONOO,
+    "cryodrgn": _CRYODRGN,
+    "single-noise": _arm("single-noise", noise_factors=(1.0,)),
+    "no-warmup": _arm("no-warmup", warmup_epochs=0),
+    "warmup-5": _arm("warmup-5", warmup_epochs=5),
+    "warmup-40": _arm("warmup-40", warmup_epochs=40),
+    "lambda-1": _arm("lambda-1", ssl_weight=1.0),
+    "lambda-0.1": _arm("lambda-0.1", ssl_weight=0.1),
+    "expander-32": _arm("expander-32", head="32-32-32"),
+    "expander-128": _arm("expander-128", head="128-128-128"),
+    "expander-2048": _arm("expander-2048", head="2048-2048-2048"),
+    "expander-4096": _arm("expander-4096", head="4096-4096-4096"),
+    "no-expander": _arm("no-expander", head="none"),
+    "invariance-only": _arm("invariance-only", ssl="invariance"),
+    "simsiam": _arm("simsiam", ssl="simsiam"),
+    "barlow": _arm("barlow", ssl="barlow"),
+    "noise-aug": _arm("noise-aug", augment="noise"),
+    "crop-flip-rotate": _arm("crop-flip-rotate", augment="crop-flip-rotate"),
+    "decoder-freeze": _arm("decoder-freeze", decoder_freeze=True),
+    "noise-x2": _arm("noise-x2", noise_factors=(2.0, 4.0, 6.0)),
+    "noise-half": _arm("noise-half", noise_factors=(0.5, 1.0, 1.5)),
+}
+
+
+def get_recipe(name: str) -> TrainConfig:
+    """The recipe called ``name``; unknown names list the choices."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown recipe {name!r}; choose from: {', '.join(RECIPES)}") from None

@@ -1,0 +1,380 @@
+"""The training loop: a plain function, no framework.
+
+``train(config, dataset, run_dir)`` builds the model named by the config (the VAE, wrapped in
+:class:`~cryonoo.ssl.distill.SelfDistillation` when the recipe has an SSL term), then for each
+epoch: shuffles with a seeded generator, runs ``training_step`` on every batch (autocast on CUDA),
+checks every loss term for NaN/Inf, steps Adam, and at the end of the epoch encodes all training
+particles (posterior means and log-variances, dataset order) and writes ``z.N.pkl``,
+``weights.N.pt`` (atomic) and a line of ``stats.jsonl``. ``resume=True`` continues from the newest
+checkpoint with the saved optimizer, scheduler and generator states, so an interrupted run loses
+at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import cryonoo
+from cryonoo.io.cryodrgn import save_z_pkl
+from cryonoo.io.dataset import ParticleDataset, make_loader
+from cryonoo.models.vae import HetVAE
+from cryonoo.physics.noise import estimate_noise_sigma
+from cryonoo.ssl.distill import SelfDistillation
+from cryonoo.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_run_config,
+    save_checkpoint,
+    write_run_config,
+)
+from cryonoo.train.recipes import TrainConfig
+from cryonoo.types import Batch
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "build_model",
+    "encode_dataset",
+    "estimate_data_sigma",
+    "resolve_device",
+    "train",
+]
+
+#: augmenters whose noise level is the data's σ
+_SIGMA_AUGMENTERS = ("reproject-noise", "noise")
+
+ProgressHook = Callable[[dict[str, Any]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf; the message names the term, epoch, batch and particles."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    model: nn.Module
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    last_epoch: int = 0
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU; errors name the missing device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def estimate_data_sigma(dataset: ParticleDataset, max_images: int = 10_000) -> float:
+    """Noise σ of the raw particle images (stack units) from evenly spaced dataset particles."""
+    n = len(dataset)
+    pick = np.unique(np.linspace(0, n - 1, min(n, max_images)).astype(np.int64))
+    images = dataset.source.images(dataset.indices[pick])
+    return estimate_noise_sigma(images, batch_size=2048).sigma
+
+
+def build_model(config: TrainConfig, D: int, *, noise_sigma: float | None = None) -> nn.Module:
+    """The model of a recipe: a :class:`HetVAE`, wrapped for self-distillation if ``config.ssl``.
+
+    ``noise_sigma`` is the augmentation σ in the data domain (``σ_raw / norm_std``).
+    """
+    vae = HetVAE(
+        D,
+        zdim=config.zdim,
+        encoder=config.encoder,
+        decoder=config.decoder,
+        enc_layers=config.enc_layers,
+        enc_dim=config.enc_dim,
+        dec_layers=config.dec_layers,
+        dec_dim=config.dec_dim,
+        pe_type=config.pe_type,
+        pe_dim=config.pe_dim,
+        feat_sigma=config.feat_sigma,
+        activation=config.activation,
+        beta=config.beta,
+        seed=config.seed,
+    )
+    if not config.uses_ssl:
+        return vae
+    aug_kwargs: dict[str, Any] = {}
+    if config.augment in _SIGMA_AUGMENTERS:
+        if noise_sigma is None:
+            raise ValueError(f"augmenter {config.augment!r} needs the noise σ of the data")
+        aug_kwargs = {"sigma": noise_sigma, "noise_factors": config.noise_factors}
+        if config.augment == "reproject-noise":
+            aug_kwargs["detach_render"] = config.detach_render
+    else:
+        aug_kwargs = {"num_views": len(config.noise_factors)}
+    return SelfDistillation(
+        vae,
+        objective=config.ssl,
+        augmenter=config.augment,
+        weight=config.ssl_weight,
+        warmup_epochs=config.warmup_epochs,
+        decoder_freeze=config.decoder_freeze,
+        objective_kwargs={"head": config.head},
+        augmenter_kwargs=aug_kwargs,
+    )
+
+
+def base_model(model: nn.Module) -> HetVAE:
+    """The reconstruction model inside a (possibly wrapped, possibly DDP) model."""
+    while not isinstance(model, HetVAE):
+        inner = getattr(model, "module", None) or getattr(model, "model", None)
+        if inner is None:
+            raise TypeError(f"no HetVAE inside {type(model).__name__}")
+        model = inner
+    return model
+
+
+@torch.no_grad()
+def encode_dataset(
+    model: HetVAE, dataset: ParticleDataset, device: torch.device, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior ``(mu, logvar)`` of every particle of ``dataset`` in dataset order."""
+    was_training = model.training
+    model.eval()
+    mus, logvars = [], []
+    for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
+        b = batch.to(device)
+        mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    model.train(was_training)
+    zdim = model.zdim
+    if not mus:
+        return np.zeros((0, zdim), np.float32), np.zeros((0, zdim), np.float32)
+    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+
+
+def _differences(saved: dict[str, Any], current: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    old = TrainConfig.from_dict(saved)
+    fields_ = {**old.model_fields(), "name": old.name}
+    new = {**current.model_fields(), "name": current.name}
+    return {k: (fields_[k], new[k]) for k in fields_ if fields_[k] != new[k]}
+
+
+def _check_finite(out_terms: dict[str, torch.Tensor], loss: torch.Tensor) -> str | None:
+    if bool(torch.isfinite(loss)):
+        return None
+    for name, value in out_terms.items():
+        if not bool(torch.isfinite(value).all()):
+            return name
+    return "loss"
+
+
+def _append_stats(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _truncate_stats(path: Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Keep the lines of epochs ≤ ``last_epoch`` (a crash may leave a later one)."""
+    if not path.is_file():
+        return []
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in kept if r.get("epoch", 0) <= last_epoch]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def train(
+    config: TrainConfig,
+    dataset: ParticleDataset,
+    run_dir: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    force: bool = False,
+    data_info: dict[str, Any] | None = None,
+    on_step: ProgressHook | None = None,
+    on_epoch: ProgressHook | None = None,
+) -> TrainResult:
+    """Train ``config`` on ``dataset``, writing outputs to ``run_dir`` (see module docstring).
+
+    ``on_step`` / ``on_epoch`` receive dicts of progress (``images``, ``terms``, ``epoch``…) for
+    progress bars. Raises :class:`NonFiniteLossError` naming the term, epoch, batch and particle
+    indices when the loss becomes NaN/Inf, and ``FileExistsError`` when ``run_dir`` already has
+    checkpoints and ``resume`` is off.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    ckpt_path = latest_checkpoint(run)
+    state: dict[str, Any] | None = None
+    if ckpt_path is not None and not resume:
+        raise FileExistsError(
+            f"{run} already holds checkpoints (latest {ckpt_path.name}); pass --resume to "
+            "continue that run or choose another output directory"
+        )
+    saved_cfg = read_run_config(run) if (resume and ckpt_path is not None) else None
+    if saved_cfg is not None:
+        diff = _differences(saved_cfg["train"], config)
+        if diff and not force:
+            listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"cannot resume {run} with a different recipe/architecture ({listed}); "
+                "use the original settings, or --force to override"
+            )
+        state = load_checkpoint(ckpt_path, map_location="cpu")
+
+    torch.manual_seed(config.seed)
+    noise_sigma_raw = None
+    if config.uses_ssl and config.augment in _SIGMA_AUGMENTERS:
+        noise_sigma_raw = (
+            saved_cfg["data"]["noise_sigma"]
+            if saved_cfg is not None
+            else (config.noise_sigma or estimate_data_sigma(dataset))
+        )
+    sigma_data = None if noise_sigma_raw is None else noise_sigma_raw / dataset.norm_std
+    model = build_model(config, dataset.D, noise_sigma=sigma_data).to(dev)
+    vae = base_model(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, "min", factor=config.plateau_factor, patience=config.plateau_patience
+        )
+        if config.lr_plateau
+        else None
+    )
+    loader_gen = torch.Generator().manual_seed(config.seed)
+    aug_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        loader_gen.set_state(state["loader_generator"])
+        aug_gen.set_state(state["aug_generator"].to(aug_gen.get_state().device))
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start_epoch = int(state["epoch"])
+
+    data = {
+        "D": dataset.D,
+        "box": dataset.box,
+        "apix": getattr(dataset.source, "apix", None),
+        "n_particles": len(dataset),
+        "norm_std": dataset.norm_std,
+        "noise_sigma": noise_sigma_raw,
+        "noise_sigma_data": sigma_data,
+        "preprocessing": vars(dataset.preprocessing)
+        if hasattr(dataset.preprocessing, "__dict__")
+        else {},
+        **(data_info or {}),
+    }
+    write_run_config(
+        run,
+        {
+            "train": config.to_dict(),
+            "data": data,
+            "model": vae.config(),
+            "cryonoo_version": cryonoo.__version__,
+            "argv": sys.argv,
+        },
+    )
+    np.save(run / "train_indices.npy", dataset.indices)
+    stats = _truncate_stats(run / "stats.jsonl", start_epoch)
+    use_amp = config.amp and dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loader = make_loader(
+        dataset,
+        config.batch_size,
+        generator=loader_gen,
+        num_workers=config.num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+
+    for epoch in range(start_epoch, config.epochs):
+        if isinstance(model, SelfDistillation):
+            model.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        for i, cpu_batch in enumerate(loader):
+            batch: Batch = cpu_batch.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                out = (
+                    model.training_step(batch, aug_gen)
+                    if isinstance(model, SelfDistillation)
+                    else model.training_step(batch)
+                )
+            bad = _check_finite(out.terms, out.loss)
+            if bad is not None:
+                ids = dataset.indices[batch.index.cpu().numpy()].tolist()
+                raise NonFiniteLossError(
+                    f"non-finite {bad!r} at epoch {epoch + 1}, batch {i + 1}; particles {ids}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            b = len(batch)
+            seen += b
+            terms = {k: float(v) for k, v in out.terms.items()}
+            terms["loss"] = float(out.loss.detach())  # the total optimized loss (model + λ·SSL)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            if on_step is not None:
+                on_step({"epoch": epoch + 1, "images": b, "terms": terms})
+        elapsed = time.perf_counter() - t0
+        means = {k: v / max(seen, 1) for k, v in sums.items()}
+        if scheduler is not None and math.isfinite(means.get("loss", math.nan)):
+            scheduler.step(means["loss"])
+        epoch_no = epoch + 1
+        if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
+            mu, logvar = encode_dataset(vae, dataset, dev)
+            save_z_pkl(run / f"z.{epoch_no}.pkl", mu, logvar)
+            save_checkpoint(
+                run / f"weights.{epoch_no}.pt",
+                {
+                    "epoch": epoch_no,
+                    "model": model.state_dict(),
+                    "vae": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "loader_generator": loader_gen.get_state(),
+                    "aug_generator": aug_gen.get_state().cpu(),
+                    # the global generator drives the VAE's reparameterization noise
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+                },
+            )
+        record = {
+            "epoch": epoch_no,
+            **means,
+            "lr": optimizer.param_groups[0]["lr"],
+            "time_s": elapsed,
+            "images_per_s": seen / elapsed if elapsed > 0 else None,
+            "ssl_active": bool(getattr(model, "active", False)),
+        }
+        _append_stats(run / "stats.jsonl", record)
+        stats.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    return TrainResult(run, model, stats, last_epoch=max(start_epoch, config.epochs))

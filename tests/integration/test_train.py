@@ -1,0 +1,200 @@
+"""End-to-end training on a tiny simulated dataset: outputs, resume, encode, volumes, errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cryonoo.cli import app
+from cryonoo.data.phantoms import PHANTOMS
+from cryonoo.data.simulate import SimulationConfig, simulate_phantom
+from cryonoo.io.cryodrgn import load_z_pkl, save_z_pkl
+from cryonoo.io.dataset import open_dataset
+from cryonoo.train.recipes import RECIPES, TrainConfig, get_recipe
+from cryonoo.train.run import load_run
+from cryonoo.train.trainer import train
+
+runner = CliRunner()
+SMALL = {
+    "enc_dim": 32,
+    "dec_dim": 32,
+    "enc_layers": 2,
+    "dec_layers": 2,
+    "zdim": 2,
+    "batch_size": 16,
+    "head": "32-32",
+    "warmup_epochs": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cfg = SimulationConfig(box=16, n_images=96, snr=1.0, seed=0, oversample=1)
+    return simulate_phantom(
+        tmp_path_factory.mktemp("data"), PHANTOMS.build("igg-1d", n_conformations=4), cfg
+    )
+
+
+def _config(name: str = "cryonoo", **kw) -> TrainConfig:
+    return replace(get_recipe(name), **{**SMALL, **kw})
+
+
+def test_training_writes_outputs_and_loss_decreases(data, tmp_path):
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    result = train(_config(epochs=4, lr=1e-3), dataset, tmp_path / "run")
+    run = tmp_path / "run"
+    for epoch in range(1, 5):
+        assert (run / f"weights.{epoch}.pt").is_file()
+        mu, logvar = load_z_pkl(run / f"z.{epoch}.pkl")
+        assert mu.shape == (len(dataset), 2) and logvar.shape == mu.shape
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["name"] == "cryonoo" and cfg["data"]["D"] == 17
+    assert cfg["data"]["noise_sigma"] > 0
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in stats] == [1, 2, 3, 4]
+    assert stats[-1]["recon"] < stats[0]["recon"]
+    # self-distillation starts after the warm-up epoch and only then
+    assert [s["ssl_active"] for s in stats] == [False, True, True, True]
+    assert "ssl/loss" not in stats[0] and "ssl/loss" in stats[1]
+    assert result.last_epoch == 4
+
+
+def test_resume_equals_uninterrupted_run(data, tmp_path):
+    """Interrupt after 2 epochs, resume to 3: bit-identical to training 3 epochs at once (CPU)."""
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    train(_config(epochs=3), dataset, tmp_path / "straight")
+    train(_config(epochs=2), dataset, tmp_path / "resumed")
+    train(_config(epochs=3), dataset, tmp_path / "resumed", resume=True)
+    a, _ = load_z_pkl(tmp_path / "straight" / "z.3.pkl")
+    b, _ = load_z_pkl(tmp_path / "resumed" / "z.3.pkl")
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(epochs=3), dataset, tmp_path / "resumed")
+    with pytest.raises(ValueError, match=r"enc_dim: 32 → 64"):
+        train(_config(epochs=4, enc_dim=64), dataset, tmp_path / "resumed", resume=True)
+
+
+def test_seeds_change_results(data, tmp_path):
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    train(_config("cryodrgn", epochs=1, seed=1), dataset, tmp_path / "s1")
+    train(_config("cryodrgn", epochs=1, seed=2), dataset, tmp_path / "s2")
+    a, _ = load_z_pkl(tmp_path / "s1" / "z.1.pkl")
+    b, _ = load_z_pkl(tmp_path / "s2" / "z.1.pkl")
+    assert not np.allclose(a, b)
+
+
+def test_cli_train_encode_volumes(data, tmp_path):
+    run = tmp_path / "cli"
+    args = [
+        "train",
+        str(data.root),
+        "-o",
+        str(run),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "2",
+        "--enc-dim",
+        "32",
+        "--dec-dim",
+        "32",
+        "--zdim",
+        "2",
+        "-b",
+        "16",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # encode the training images again: the training latents come back
+    z_out = tmp_path / "z.pkl"
+    result = runner.invoke(
+        app, ["encode", str(run), str(data.root), "-o", str(z_out), "--ind", "train"]
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(load_z_pkl(z_out)[0], load_z_pkl(run / "z.2.pkl")[0], atol=1e-5)
+    # maps for two latents, voxel size from the data
+    result = runner.invoke(app, ["volumes", str(run), "-o", str(tmp_path / "v"), "--z", "0 0 1 1"])
+    assert result.exit_code == 0, result.output
+    with mrcfile.open(tmp_path / "v" / "vol_001.mrc") as mrc:
+        assert mrc.data.shape == (16, 16, 16)
+        assert mrc.voxel_size.x == pytest.approx(data.config["apix"], rel=1e-4)
+    # a zfile of the wrong width is refused
+    save_z_pkl(tmp_path / "wide.pkl", np.zeros((3, 5), np.float32))
+    bad = runner.invoke(
+        app, ["volumes", str(run), "-o", str(tmp_path / "w"), "--zfile", str(tmp_path / "wide.pkl")]
+    )
+    assert bad.exit_code == 2 and "width 5" in bad.output
+    # a directory without checkpoints
+    bad = runner.invoke(app, ["encode", str(tmp_path), str(data.root), "-o", str(z_out)])
+    assert bad.exit_code == 2 and "config.json" in bad.output
+
+
+def test_encode_refuses_other_box(data, tmp_path):
+    run = tmp_path / "r"
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    train(_config("cryodrgn", epochs=1), dataset, run)
+    other = simulate_phantom(
+        tmp_path / "other",
+        PHANTOMS.build("igg-1d", n_conformations=2),
+        SimulationConfig(box=8, n_images=8, oversample=1),
+    )
+    bad = runner.invoke(app, ["encode", str(run), str(other.root), "-o", str(tmp_path / "z")])
+    assert bad.exit_code == 2 and "cryonoo downsample -D 16" in bad.output
+
+
+def test_recipes_cover_the_paper_arms():
+    expected = {
+        "cryonoo",
+        "cryodrgn",
+        "single-noise",
+        "no-warmup",
+        "warmup-5",
+        "warmup-40",
+        "lambda-1",
+        "lambda-0.1",
+        "expander-32",
+        "expander-128",
+        "expander-2048",
+        "expander-4096",
+        "no-expander",
+        "invariance-only",
+        "simsiam",
+        "noise-aug",
+        "crop-flip-rotate",
+        "decoder-freeze",
+        "noise-x2",
+        "noise-half",
+    }
+    assert expected <= set(RECIPES)
+    base = RECIPES["cryonoo"]
+    assert (base.ssl, base.ssl_weight, base.warmup_epochs, base.noise_factors, base.head) == (
+        "vicreg",
+        0.3,
+        10,
+        (1.0, 2.0, 3.0),
+        "1024-1024-1024",
+    )
+    assert RECIPES["cryodrgn"].ssl is None and not RECIPES["cryodrgn"].lr_plateau
+    with pytest.raises(KeyError, match="choose from"):
+        get_recipe("nope")
+    assert TrainConfig.from_dict(base.to_dict()) == base
+
+
+def test_load_run_rebuilds_model(data, tmp_path):
+    run = tmp_path / "lr"
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    train(_config("cryodrgn", epochs=1), dataset, run)
+    loaded = load_run(run)
+    mu, _ = load_z_pkl(run / "z.1.pkl")
+    batch = dataset[np.arange(4)]
+    with torch.no_grad():
+        z = loaded.model.encode(batch.images, batch.ctf, batch.trans)
+    np.testing.assert_allclose(z.numpy(), mu[:4], atol=1e-5)
+    with pytest.raises(ValueError, match="available"):
+        load_run(run, epoch=7)
