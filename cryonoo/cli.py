@@ -302,8 +302,11 @@ def _run_training(
     resume: bool,
     force: bool,
     datadir: Path | None,
+    drop_bad: bool = False,
 ) -> None:
     """Shared body of ``train`` and ``ablate``."""
+    import numpy as np
+
     from cryonoo.io.dataset import Preprocessing, open_dataset
     from cryonoo.train.checkpoint import checkpoint_epochs, read_run_config
     from cryonoo.train.trainer import NonFiniteLossError, train
@@ -326,9 +329,17 @@ def _run_training(
             ),
             norm_std=norm_std,
             ctf_rescale=config.ctf_rescale,
+            drop_bad=drop_bad,
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
+    if dataset.dropped.size:
+        outdir.mkdir(parents=True, exist_ok=True)
+        np.savetxt(outdir / "dropped_particles.txt", dataset.dropped, fmt="%d")
+        console.print(
+            f"[yellow]left out {dataset.dropped.size} particles with NaN/Inf or constant "
+            f"pixels[/] (listed in {outdir / 'dropped_particles.txt'})"
+        )
     console.print(
         f"[bold]{config.name}[/]: {len(dataset):,} particles of {dataset.box} px "
         f"({'lazy' if dataset.lazy else 'in memory'}), {config.epochs} epochs → {outdir}"
@@ -432,6 +443,9 @@ def train_command(
     ctf_rescale: Annotated[
         bool, typer.Option(help="Particles were downsampled from ctf.pkl's box.")
     ] = False,
+    drop_bad: Annotated[
+        bool, typer.Option(help="Leave out particles with NaN/Inf or constant pixels.")
+    ] = False,
 ) -> None:
     """Train a model (default: the CryoNOO recipe) on particles with known poses and CTF.
 
@@ -466,7 +480,17 @@ def train_command(
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
     _run_training(
-        config, particles, poses, ctf, split or ind, outdir, device, resume, force, datadir
+        config,
+        particles,
+        poses,
+        ctf,
+        split or ind,
+        outdir,
+        device,
+        resume,
+        force,
+        datadir,
+        drop_bad,
     )
 
 

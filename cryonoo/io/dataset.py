@@ -37,7 +37,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
 from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
-from cryonoo.io.stack import ImageSource, open_images
+from cryonoo.io.mrc import ParticleFileError
+from cryonoo.io.stack import ImageSource, Subset, check_finite, open_images
 from cryonoo.physics.ctf import ctf_params_for_box
 from cryonoo.physics.fft import ht2_center, symmetrize_ht
 from cryonoo.physics.masks import soft_circular_window
@@ -170,20 +171,30 @@ class ParticleDataset(torch.utils.data.Dataset):
             if preprocessing.window
             else None
         )
-        self.norm_std = (
-            estimate_norm_std(source, preprocessing.invert) if norm_std is None else norm_std
+        self.norm_std = (  # over the selected particles, as cryoDRGN with --ind
+            estimate_norm_std(Subset(source, self.indices), preprocessing.invert)
+            if norm_std is None
+            else norm_std
         )
         n = len(self.indices)
         if lazy is None:
             lazy = 2 * n * self.D * self.D * 4 > available_memory_bytes()
         self.lazy = lazy
         self._images: Tensor | None = None
+        self.dropped = np.zeros(0, np.int64)  # stack indices left out by open_dataset(drop_bad)
         if not lazy:
             chunks = [self._load(self.indices[i : i + chunk_size]) for i in range(0, n, chunk_size)]
             self._images = torch.cat(chunks) if chunks else torch.zeros(0, self.D, self.D)
 
     def _load(self, particle_ids: np.ndarray) -> Tensor:
         raw = _as_tensor(self.source.images(particle_ids))
+        finite = torch.isfinite(raw).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = np.asarray(particle_ids)[~finite.numpy()].tolist()
+            raise ParticleFileError(
+                f"particles {bad[:20]}{' …' if len(bad) > 20 else ''} contain NaN/Inf pixels; "
+                "exclude them with --drop-bad (or an --ind file without them)"
+            )
         return preprocess_images(
             raw,
             window=self.window,
@@ -297,6 +308,7 @@ def open_dataset(
     norm_std: float | None = None,
     ctf_rescale: bool = False,
     require_poses: bool = True,
+    drop_bad: bool = False,
 ) -> ParticleDataset:
     """Build a :class:`ParticleDataset` from files, as ``cryonoo train`` does.
 
@@ -326,7 +338,16 @@ def open_dataset(
         ctf_params = _ctf_params(load_ctf_pkl(ctf, n=n), source.box, particles, ctf_rescale)
     if ind is not None and not isinstance(ind, np.ndarray):
         ind = load_indices(ind, n=n)
-    return ParticleDataset(
+    dropped = np.zeros(0, np.int64)
+    if drop_bad:
+        selected = np.arange(n) if ind is None else np.asarray(ind, dtype=np.int64)
+        dropped = selected[check_finite(Subset(source, selected))]
+        ind = (
+            np.setdiff1d(selected, dropped)
+            if ind is None
+            else selected[~np.isin(selected, dropped)]
+        )
+    dataset = ParticleDataset(
         source,
         rots,
         trans,
@@ -336,3 +357,5 @@ def open_dataset(
         preprocessing=preprocessing,
         norm_std=norm_std,
     )
+    dataset.dropped = dropped
+    return dataset

@@ -268,7 +268,7 @@ class HetVAE(nn.Module):
         c = None
         if ctf is not None:
             with self._autocast_off():
-                c = ctf_from_params(self._freqs_w[self._loss_pos], ctf.float(), validate=False)
+                c = ctf_from_params(self._coords2, ctf.float(), validate=False)
         return self._to_image(self._decode(z, rot, c))
 
     def volume(self, z: Tensor | None, norm_std: float = 1.0) -> Tensor:

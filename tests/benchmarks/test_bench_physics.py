@@ -118,10 +118,15 @@ def _anchor(benchmark, threads: int, fn: Callable[[], object], box: int) -> None
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["thr1", "thr2"])
+@pytest.mark.parametrize("hermitian", [False, True], ids=["all", "hermitian"])
 @pytest.mark.parametrize("box", [64, 128])
-def test_anchor_cryonoo_circle(benchmark, spectra, box, threads):
+def test_anchor_cryonoo_complex_circle(benchmark, spectra, box, hermitian, threads):
     spectrum, rot, mask = spectra[(box + 1, "complex")], _rot(64), _mask(box + 1, "circle")
-    _anchor(benchmark, threads, lambda: extract_central_slices(spectrum, rot, mask=mask), box)
+
+    def fn():
+        return extract_central_slices(spectrum, rot, mask=mask, hermitian=hermitian)
+
+    _anchor(benchmark, threads, fn, box)
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["thr1", "thr2"])

@@ -198,3 +198,44 @@ def test_load_run_rebuilds_model(data, tmp_path):
     np.testing.assert_allclose(z.numpy(), mu[:4], atol=1e-5)
     with pytest.raises(ValueError, match="available"):
         load_run(run, epoch=7)
+
+
+def test_bad_particles_are_named_and_can_be_dropped(data, tmp_path):
+    """A NaN image stops training with its index; --drop-bad leaves it (and a blank one) out."""
+    from cryonoo.io.mrc import ParticleFileError, write_mrc
+
+    images = mrcfile.read(data.particles).copy()
+    images[5, 3, 3] = np.nan
+    images[9] = 0.0
+    stack = tmp_path / "bad.mrcs"
+    write_mrc(stack, images, voxel_size=data.config["apix"])
+    dataset = open_dataset(stack, data.poses, data.ctf, lazy=True, norm_std=1.0)
+    with pytest.raises(ParticleFileError, match=r"particles \[5\] contain NaN/Inf.*--drop-bad"):
+        dataset[np.arange(8)]
+    with pytest.raises(ParticleFileError, match=r"\[5\]"):
+        open_dataset(stack, data.poses, data.ctf, lazy=False, norm_std=1.0)
+    args = [
+        "train",
+        str(stack),
+        "--poses",
+        str(data.poses),
+        "--ctf",
+        str(data.ctf),
+        "-o",
+        str(tmp_path / "run"),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "1",
+        "--enc-dim",
+        "16",
+        "--dec-dim",
+        "16",
+        "--zdim",
+        "2",
+        "--drop-bad",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert np.loadtxt(tmp_path / "run" / "dropped_particles.txt", dtype=int).tolist() == [5, 9]
+    assert load_z_pkl(tmp_path / "run" / "z.1.pkl")[0].shape == (94, 2)
