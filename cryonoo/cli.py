@@ -798,6 +798,9 @@ def demo(
     dec_dim: Annotated[int | None, typer.Option(help="Decoder width.")] = None,
     zdim: Annotated[int | None, typer.Option(help="Latent dimension.")] = None,
     snr: Annotated[float | None, typer.Option(help="Signal-to-noise ratio.")] = None,
+    n_conformations: Annotated[
+        int | None, typer.Option(help="Conformations of the phantom (default 100).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data and training.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
@@ -820,6 +823,7 @@ def demo(
         dec_dim=dec_dim,
         zdim=zdim,
         snr=snr,
+        n_conformations=n_conformations,
     )
     results = _run_with_progress(outdir, ["cryodrgn", "cryonoo"], [seed], config, device)
     per_recipe = results[str(seed)]
@@ -868,6 +872,7 @@ def bench_generalization(
     enc_dim: Annotated[int | None, typer.Option()] = None,
     dec_dim: Annotated[int | None, typer.Option()] = None,
     snr: Annotated[float | None, typer.Option()] = None,
+    n_conformations: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Generalization over several seeds and recipes: mean ± std across seeds.
@@ -888,6 +893,7 @@ def bench_generalization(
         enc_dim=enc_dim,
         dec_dim=dec_dim,
         snr=snr,
+        n_conformations=n_conformations,
     )
     results = _run_with_progress(outdir, names, list(range(seeds)), config, device)
     summary = summarize_seeds(results)

@@ -160,7 +160,7 @@ def _lloyd(
             # re-seed empty clusters at the points farthest from their current centers
             far = np.argsort(-d2[np.arange(z.shape[0]), new_labels])[: empty.size]
             new_centers[empty] = z[far]
-        shift = np.max(np.sum((new_centers - centers) ** 2, axis=1))
+        shift = float(np.sum((new_centers - centers) ** 2))
         centers = new_centers
         if np.array_equal(new_labels, labels) or shift <= tol:
             labels = new_labels
@@ -173,14 +173,14 @@ def _lloyd(
 
 
 def kmeans(
-    z: Any, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100, tol: float = 1e-10
+    z: Any, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100, tol: float = 1e-4
 ) -> KMeansResult:
     """Cluster latents ``z`` ``(N, d)`` into ``k ≤ N`` groups.
 
     Lloyd's algorithm from ``n_init`` k-means++ initializations drawn from
     ``numpy.random.default_rng(seed)``; the run with the lowest inertia is returned. The same seed
-    gives the same result. ``tol`` bounds the largest squared center shift at convergence,
-    relative to the data's mean squared norm.
+    gives the same result. Iterations stop when the assignment no longer changes or when the
+    summed squared center shift falls below ``tol`` times the mean per-dimension variance.
     """
     arr = as_latents(z)
     n = arr.shape[0]
@@ -194,7 +194,7 @@ def kmeans(
     offset = arr.mean(axis=0)
     zc = arr - offset
     z_sq = np.sum(zc**2, axis=1)
-    scale = float(z_sq.mean()) or 1.0
+    scale = float(z_sq.mean()) / arr.shape[1] or 1.0
     rng = np.random.default_rng(seed)
     best: tuple[np.ndarray, np.ndarray, float] | None = None
     for _ in range(n_init):

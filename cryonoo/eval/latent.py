@@ -83,11 +83,18 @@ def _as_points(
     return x
 
 
-def _check_same_dim(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{name_b} has dimension {b.shape[1]} but {name_a} has dimension {a.shape[1]}"
-        )
+def _pair(a: Any, b: Any, names: tuple[str, str], min_points: int = 1) -> tuple[Tensor, Tensor]:
+    """Both point sets via :func:`_as_points`, on ``a``'s device, with equal dimension ``d``."""
+    pa = _as_points(a, names[0], min_points=min_points)
+    pb = _as_points(b, names[1], device=pa.device, min_points=min_points)
+    if pa.shape[1] != pb.shape[1]:
+        raise ValueError(f"{names[1]} has dimension {pb.shape[1]} but {names[0]} has {pa.shape[1]}")
+    return pa, pb
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
 def _check_bandwidth(h: float, name: str = "bandwidth") -> float:
@@ -104,53 +111,39 @@ def _sq_dists(x: Tensor, y: Tensor, y_sq: Tensor) -> Tensor:
     return d2.clamp_(min=0.0)
 
 
-def _row_chunk(n_cols: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(n_cols, 1))
-
-
 def _min_shift(d2: Tensor) -> tuple[Tensor, Tensor]:
     """Split ``(m, n)`` squared distances into ``(d2 − rowmin, rowmin)`` for a stable logsumexp."""
     d2_min = d2.min(dim=1, keepdim=True).values
     return d2 - d2_min, d2_min[:, 0]
 
 
-def _kde_from_sq(delta: Tensor, d2_min: Tensor, h: float, n: int, d: int) -> Tensor:
-    """``(m,)`` KDE log-density from :func:`_min_shift` output at bandwidth ``h``.
+def _kde_from_sq(
+    delta: Tensor, d2_min: Tensor, h: float, n: int, d: int, buf: Tensor | None = None
+) -> Tensor:
+    """``(m,)`` KDE log-density at bandwidth ``h`` from :func:`_min_shift` output.
 
     Every row of ``delta`` holds a 0, so the sum of exponentials is ≥ 1 and never underflows.
+    ``buf`` (shaped like ``delta``) is optional scratch space, reused across bandwidths.
     """
     c = -0.5 / (h * h)
     norm = math.log(n) + 0.5 * d * math.log(2.0 * math.pi * h * h)
-    return torch.exp(delta * c).sum(dim=1).log_() + c * d2_min - norm
+    buf = torch.mul(delta, c, out=buf if buf is not None else torch.empty_like(delta))
+    return buf.exp_().sum(dim=1).log_() + (c * d2_min - norm)
 
 
 def kde_log_density(
     x_eval: Tensor | np.ndarray, x_fit: Tensor | np.ndarray, bandwidth: float
 ) -> Tensor:
-    """Gaussian KDE log-density of ``x_fit`` evaluated at ``x_eval``, in nats.
-
-    Parameters
-    ----------
-    x_eval:
-        ``(m, d)`` query points.
-    x_fit:
-        ``(n, d)`` points defining the KDE.
-    bandwidth:
-        Isotropic kernel std ``h`` > 0 in the points' units.
-
-    Returns
-    -------
-    Tensor
-        ``(m,)`` float64 ``log p̂(x) = logsumexp_j(−‖x − x_j‖²/2h²) − log n − (d/2)·log(2πh²)``,
-        on ``x_fit``'s device; computed in chunks of query points to bound memory.
+    """``(m,)`` float64 log-density (nats) at ``x_eval`` ``(m, d)`` of the Gaussian KDE of
+    ``x_fit`` ``(n, d)`` with isotropic kernel std ``bandwidth`` > 0 (the points' units):
+    ``logsumexp_j(−‖x − x_j‖²/2h²) − log n − (d/2)·log(2πh²)``, on ``x_fit``'s device, computed in
+    chunks of query points to bound memory.
     """
     h = _check_bandwidth(bandwidth)
-    y = _as_points(x_fit, "x_fit")
-    x = _as_points(x_eval, "x_eval", device=y.device)
-    _check_same_dim(y, x, "x_fit", "x_eval")
+    y, x = _pair(x_fit, x_eval, ("x_fit", "x_eval"))
     n, d = y.shape
     y_sq = (y * y).sum(1)
-    step = _row_chunk(n)
+    step = max(1, _CHUNK_ELEMENTS // n)
     parts = [_kde_from_sq(*_min_shift(_sq_dists(c, y, y_sq)), h, n, d) for c in x.split(step)]
     return torch.cat(parts)
 
@@ -193,8 +186,7 @@ def cv_bandwidth(
     g = np.asarray(DEFAULT_BANDWIDTH_GRID if grid is None else grid, dtype=np.float64).ravel()
     if g.size == 0 or not np.all(np.isfinite(g) & (g > 0)):
         raise ValueError("grid must be a non-empty sequence of finite bandwidths > 0")
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ValueError(f"folds must be an integer ≥ 2, got {folds!r}")
+    _check_int(folds, "folds", 2)
     pts = _as_points(x, "x", min_points=folds)
     n, d = pts.shape
     scores = torch.zeros(g.size, dtype=torch.float64, device=pts.device)
@@ -205,10 +197,11 @@ def cv_bandwidth(
         held = pts[torch.from_numpy(test_idx).to(pts.device)]
         fit_sq = (fit * fit).sum(1)
         fold_sum = torch.zeros_like(scores)
-        for chunk in held.split(_row_chunk(fit.shape[0])):
+        for chunk in held.split(max(1, _CHUNK_ELEMENTS // fit.shape[0])):
             delta, d2_min = _min_shift(_sq_dists(chunk, fit, fit_sq))
-            for i, h in enumerate(g):
-                fold_sum[i] += _kde_from_sq(delta, d2_min, float(h), fit.shape[0], d).sum()
+            buf = torch.empty_like(delta)
+            for i, h in enumerate(g.tolist()):
+                fold_sum[i] += _kde_from_sq(delta, d2_min, h, fit.shape[0], d, buf).sum()
         scores += fold_sum / held.shape[0]
     scores_np = (scores / folds).cpu().numpy()
     best = int(np.argmax(scores_np))
@@ -231,14 +224,8 @@ def _quantile_w2_sq(pa: Tensor, pb: Tensor) -> Tensor:
     if n == m:
         return ((qa - qb) ** 2).mean(0)
     # Both empirical quantile functions are piecewise constant between the breakpoints i/n, j/m.
-    dev = qa.device
-    t = torch.cat(
-        [
-            torch.arange(1, n + 1, dtype=torch.float64, device=dev) / n,
-            torch.arange(1, m + 1, dtype=torch.float64, device=dev) / m,
-        ]
-    )
-    t = torch.unique(t)  # sorted
+    kw = {"dtype": torch.float64, "device": qa.device}
+    t = torch.cat([torch.arange(1, n + 1, **kw) / n, torch.arange(1, m + 1, **kw) / m]).unique()
     w = torch.diff(t, prepend=t.new_zeros(1))
     mid = t - 0.5 * w
     ia = torch.floor(mid * n).long().clamp_(0, n - 1)
@@ -255,11 +242,8 @@ def sliced_wasserstein2(
     sphere (a seeded CPU generator, so the directions are device-independent). Each 1-D W₂ is
     exact, matching quantile functions, so ``n ≠ m`` is allowed. Same units as the points.
     """
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
-    pa = _as_points(a, "a")
-    pb = _as_points(b, "b", device=pa.device)
-    _check_same_dim(pa, pb, "a", "b")
+    _check_int(n_projections, "n_projections", 1)
+    pa, pb = _pair(a, b, ("a", "b"))
     gen = torch.Generator().manual_seed(seed)
     theta = torch.randn(pa.shape[1], n_projections, generator=gen, dtype=torch.float64)
     theta = (theta / theta.norm(dim=0, keepdim=True)).to(pa.device)
@@ -277,11 +261,8 @@ def wasserstein1_exact(
     The value has a large positive finite-sample floor in several dimensions (≈ 1.4 for two
     i.i.d. N(0, I₈) samples of 2 000 points), so report it beside a null.
     """
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
-        raise ValueError(f"max_points must be a positive integer, got {max_points!r}")
-    pa = _as_points(a, "a")
-    pb = _as_points(b, "b", device=pa.device)
-    _check_same_dim(pa, pb, "a", "b")
+    _check_int(max_points, "max_points", 1)
+    pa, pb = _pair(a, b, ("a", "b"))
     k = min(pa.shape[0], pb.shape[0], max_points)
     rng = np.random.default_rng(seed)
     ia = torch.from_numpy(rng.permutation(pa.shape[0])[:k]).to(pa.device)
@@ -325,12 +306,9 @@ def latent_shift(
         ``bandwidth_test``, ``n_train``, ``n_test`` (points used after subsampling),
         ``norm_ratio`` (mean ‖z‖ of test / train, all points).
     """
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < _MIN_POINTS:
-        raise ValueError(f"max_points must be an integer ≥ {_MIN_POINTS}, got {max_points!r}")
+    _check_int(max_points, "max_points", _MIN_POINTS)
     h_given = None if bandwidth is None else _check_bandwidth(bandwidth)
-    tr = _as_points(z_train, "z_train", min_points=_MIN_POINTS)
-    te = _as_points(z_test, "z_test", device=tr.device, min_points=_MIN_POINTS)
-    _check_same_dim(tr, te, "z_train", "z_test")
+    tr, te = _pair(z_train, z_test, ("z_train", "z_test"), min_points=_MIN_POINTS)
     logger.info(
         "latent_shift: per-dimension std train %s, test %s",
         np.array2string(tr.std(0).cpu().numpy(), precision=3),
@@ -380,16 +358,11 @@ def latent_shift(
 def latent_shift_with_null(
     z_train: Tensor | np.ndarray, z_test: Tensor | np.ndarray, **kw: Any
 ) -> dict[str, dict[str, float]]:
-    """:func:`latent_shift` of train vs test, and of two disjoint random halves of ``z_train``.
+    """``{"shift": latent_shift(z_train, z_test), "null": latent_shift(half_1, half_2)}``.
 
-    ``kw`` goes to both calls (``seed`` also seeds the halving). The null compares
-    ``⌊n/2⌋`` vs ``⌈n/2⌉`` training points (each capped at ``max_points``), so its floor is
-    that of somewhat smaller samples than the train-vs-test run when the test set is large.
-
-    Returns
-    -------
-    dict
-        ``{"shift": latent_shift(z_train, z_test), "null": latent_shift(half_1, half_2)}``.
+    The null compares two disjoint random halves of ``z_train`` (``⌊n/2⌋`` and ``⌈n/2⌉`` points,
+    each capped at ``max_points``): its floor is that of smaller samples than the train-vs-test
+    run when the test set is large. ``kw`` goes to both calls; ``seed`` also seeds the halving.
     """
     tr = _as_points(z_train, "z_train", min_points=2 * _MIN_POINTS)
     shift = latent_shift(tr, z_test, **kw)

@@ -1,0 +1,133 @@
+"""`cryonoo evaluate`, `demo` and `bench generalization` on tiny problems: every file, every key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cryonoo.cli import app
+from cryonoo.eval.benchmark import format_tables, summarize_seeds
+
+runner = CliRunner()
+TINY = [
+    "-D",
+    "16",
+    "-n",
+    "160",
+    "--epochs",
+    "2",
+    "--enc-dim",
+    "16",
+    "--dec-dim",
+    "16",
+    "--n-conformations",
+    "8",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = runner.invoke(app, ["demo", "-o", str(out), *TINY, "--zdim", "2"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_writes_summary_and_tables(demo_dir):
+    summary = json.loads((demo_dir / "summary.json").read_text())
+    assert set(summary) == {"cryodrgn", "cryonoo"}
+    for metrics in summary.values():
+        for split in ("train", "test"):
+            fsc = metrics["per_image_fsc"][split]
+            assert 0 <= fsc["mean"] <= fsc["max_auc"] and {"std", "median"} <= set(fsc)
+        shift = metrics["latent_shift"]
+        assert {"kld", "tv", "jsd", "hellinger", "wd", "bandwidth_train"} <= set(shift)
+        assert set(metrics["latent_shift_null"]) >= {"kld", "wd"}
+        assert {"seen", "unseen"} <= set(metrics["label_recovery"])
+    # both recipes trained on the same data with the same seed and architecture
+    a = json.loads((demo_dir / "cryodrgn_seed0" / "config.json").read_text())["train"]
+    b = json.loads((demo_dir / "cryonoo_seed0" / "config.json").read_text())["train"]
+    for key in ("seed", "epochs", "enc_dim", "dec_dim", "zdim", "batch_size"):
+        assert a[key] == b[key]
+    assert a["ssl"] is None and b["ssl"] == "vicreg"
+
+
+def test_evaluate_command_writes_every_file(demo_dir, tmp_path):
+    run = demo_dir / "cryonoo_seed0"
+    out = tmp_path / "report"
+    args = [
+        "evaluate",
+        str(run),
+        "--dataset",
+        str(demo_dir / "data_seed0"),
+        "-o",
+        str(out),
+        "--kmeans",
+        "2,3",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in (
+        "metrics.json",
+        "latent_pca.png",
+        "fsc_per_image.png",
+        "training.png",
+        "fsc_train.txt",
+        "fsc_test.txt",
+        "z.train.pkl",
+        "z.test.pkl",
+    ):
+        assert (out / name).is_file(), name
+    assert len(list((out / "kmeans3").glob("vol_*.mrc"))) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == "cryonoo" and metrics["epoch"] == 2
+    bad = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run),
+            "--dataset",
+            str(demo_dir / "data_seed0"),
+            "-o",
+            str(out),
+            "--split",
+            "val",
+        ],
+    )
+    assert bad.exit_code == 2 and "'val'" in bad.output
+
+
+def test_bench_generalization_tables(tmp_path):
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "generalization",
+        "-o",
+        str(out),
+        "--recipes",
+        "cryodrgn,simsiam",
+        "--seeds",
+        "2",
+        *TINY,
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cryodrgn"]["fsc_test"]["n"] == 2
+    md = (out / "summary.md").read_text()
+    assert "| simsiam |" in md and "±" in md
+    bad = runner.invoke(app, ["bench", "generalization", "-o", str(out), "--recipes", "nope"])
+    assert bad.exit_code == 2 and "choose from" in bad.output
+
+
+def test_summarize_seeds_math():
+    results = {
+        "0": {"a": {"per_image_fsc": {"test": {"mean": 0.2}}, "label_recovery": {"seen": 1.0}}},
+        "1": {"a": {"per_image_fsc": {"test": {"mean": 0.4}}, "label_recovery": {"seen": 0.0}}},
+    }
+    s = summarize_seeds(results)
+    assert s["a"]["fsc_test"] == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1), "n": 2}
+    assert s["a"]["seen"]["std"] == pytest.approx(0.5)
+    assert "0.300 ± 0.100" in format_tables(s)
