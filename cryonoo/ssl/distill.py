@@ -77,6 +77,11 @@ class SelfDistillation(nn.Module):
         name (as in ``model.named_parameters()``) starts with ``decoder_prefix``. This assumes
         the model keeps its decoder in an attribute of that name; a model whose names do not
         match raises ``ValueError`` rather than silently freezing nothing.
+    detach_target:
+        Stop the SSL gradient at the original image's latent ``z0`` (the anchor): the term
+        then trains the encoder only through the views, to map re-noised renderings onto the
+        latent of the real image, and cannot pull ``z0`` itself toward the (initially blurry,
+        conformation-poor) renderings. Off by default (the symmetric VICReg of the paper).
     decoder_prefix:
         Parameter-name prefix of the decoder (default ``"decoder"``).
     zdim:
@@ -99,6 +104,7 @@ class SelfDistillation(nn.Module):
         decoder_freeze: bool = False,
         zdim: int | None = None,
         *,
+        detach_target: bool = False,
         decoder_prefix: str = "decoder",
         objective_kwargs: dict[str, Any] | None = None,
         augmenter_kwargs: dict[str, Any] | None = None,
@@ -142,6 +148,7 @@ class SelfDistillation(nn.Module):
         self.weight = float(weight)
         self.warmup_epochs = int(warmup_epochs)
         self.decoder_freeze = bool(decoder_freeze)
+        self.detach_target = bool(detach_target)
         self.decoder_prefix = decoder_prefix
         self.epoch = 0
         self._frozen: list[str] = []
@@ -218,10 +225,13 @@ class SelfDistillation(nn.Module):
         z_views = self.model.encode(views.reshape(n_views * n_img, size, size), flat_ctf)
         z_views = z_views.reshape(n_views, n_img, -1)
 
+        # the original image's latent is the anchor; detached, the SSL gradient reaches the
+        # encoder only through the views (robustness) and cannot erase z0's information
+        target = step.z.detach() if self.detach_target else step.z
         total: Tensor | None = None
         sums: dict[str, Tensor] = {}
         for j in range(n_views):  # J is small (1–3); each call is batched over images
-            out = self.objective(step.z, z_views[j])
+            out = self.objective(target, z_views[j])
             total = out["loss"] if total is None else total + out["loss"]
             for key, value in out.items():
                 if key != "loss":
@@ -238,5 +248,6 @@ class SelfDistillation(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"weight={self.weight}, warmup_epochs={self.warmup_epochs}, "
-            f"decoder_freeze={self.decoder_freeze}, augmenter={self.augmenter!r}"
+            f"decoder_freeze={self.decoder_freeze}, detach_target={self.detach_target}, "
+            f"augmenter={self.augmenter!r}"
         )

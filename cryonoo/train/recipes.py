@@ -59,6 +59,8 @@ class TrainConfig:
     noise_sigma: float | None = None  # in the stack's pixel units; None → estimated
     decoder_freeze: bool = False
     detach_render: bool = True
+    detach_target: bool = False  # stop the SSL gradient at z0 (see SelfDistillation)
+    ssl_options: dict[str, Any] = field(default_factory=dict)  # objective kwargs (e.g. inv=25)
     # data
     invert: bool = True
     window: bool = True
@@ -161,6 +163,12 @@ RECIPES: dict[str, TrainConfig] = {
     "decoder-freeze": _arm("decoder-freeze", decoder_freeze=True),
     "noise-x2": _arm("noise-x2", noise_factors=(2.0, 4.0, 6.0)),
     "noise-half": _arm("noise-half", noise_factors=(0.5, 1.0, 1.5)),
+    # beyond the paper: where the SSL gradient flows and how VICReg's terms are weighted
+    "anchored": _arm("anchored", detach_target=True),
+    "vicreg-25": _arm("vicreg-25", ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}),
+    "anchored-25": _arm(
+        "anchored-25", detach_target=True, ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}
+    ),
 }
 
 

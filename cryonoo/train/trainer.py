@@ -129,7 +129,8 @@ def build_model(config: TrainConfig, D: int, *, noise_sigma: float | None = None
         weight=config.ssl_weight,
         warmup_epochs=config.warmup_epochs,
         decoder_freeze=config.decoder_freeze,
-        objective_kwargs={"head": config.head},
+        detach_target=config.detach_target,
+        objective_kwargs={"head": config.head, **config.ssl_options},
         augmenter_kwargs=aug_kwargs,
     )
 
