@@ -792,7 +792,7 @@ def demo(
         "cryonoo_demo"
     ),
     box: Annotated[int | None, typer.Option("-D", "--box", help="Image size (default 32).")] = None,
-    n_images: Annotated[int | None, typer.Option("-n", "--n-images", help="Images.")] = None,
+    n_images: Annotated[int, typer.Option("-n", "--n-images", help="Images.")] = 3000,
     epochs: Annotated[int | None, typer.Option(help="Epochs per recipe.")] = None,
     enc_dim: Annotated[int | None, typer.Option(help="Encoder width.")] = None,
     dec_dim: Annotated[int | None, typer.Option(help="Decoder width.")] = None,
