@@ -7,6 +7,7 @@ that ``cryonoo --help`` stays fast.
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -340,11 +341,19 @@ def _run_training(
             f"[yellow]left out {dataset.dropped.size} particles with NaN/Inf or constant "
             f"pixels[/] (listed in {outdir / 'dropped_particles.txt'})"
         )
+    info = {"particles": str(particles), "poses": str(poses), "ctf": str(ctf), "ind": ind}
+    if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 reports
+        try:
+            train(
+                config, dataset, outdir, device=device, resume=resume, force=force, data_info=info
+            )
+        except (FileExistsError, ValueError, NonFiniteLossError) as exc:
+            _fail(str(exc))
+        return
     console.print(
         f"[bold]{config.name}[/]: {len(dataset):,} particles of {dataset.box} px "
         f"({'lazy' if dataset.lazy else 'in memory'}), {config.epochs} epochs → {outdir}"
     )
-    info = {"particles": str(particles), "poses": str(poses), "ctf": str(ctf), "ind": ind}
     with _progress() as progress:
         task = progress.add_task(
             "training", total=config.epochs * len(dataset), completed=done_epochs * len(dataset)

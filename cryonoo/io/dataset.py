@@ -26,14 +26,14 @@ positions and ``dataset.indices`` maps them to particle numbers in the stack.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
 from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
@@ -264,18 +264,23 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool | None = None,
     drop_last: bool = False,
+    shard: Callable[[Sampler[list[int]]], Sampler[list[int]]] | None = None,
 ) -> DataLoader:
     """A DataLoader yielding whole :class:`Batch` es (one ``__getitem__`` call per batch).
 
     ``pin_memory`` defaults to ``torch.cuda.is_available()``. With ``shuffle`` the order is drawn
-    from ``generator`` (seed it for reproducible epochs).
+    from ``generator`` (seed it for reproducible epochs). ``shard`` wraps the batch sampler
+    (e.g. :class:`cryonoo.train.distributed.ShardedBatchSampler` for data-parallel training).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    batches: Sampler[list[int]] = BatchSampler(sampler, batch_size, drop_last=drop_last)
+    if shard is not None:
+        batches = shard(batches)
     return DataLoader(
         dataset,
-        sampler=BatchSampler(sampler, batch_size, drop_last=drop_last),
+        sampler=batches,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

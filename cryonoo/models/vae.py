@@ -213,6 +213,10 @@ class HetVAE(nn.Module):
         out = values.new_zeros(values.shape[0], self.D * self.D)
         return out.index_copy(1, self._loss_idx, values).reshape(-1, self.D, self.D)
 
+    def forward(self, batch: Batch) -> StepOutput:
+        """The training step (so the model can sit inside ``DistributedDataParallel``)."""
+        return self.training_step(batch)
+
     def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
         """``mu + ε·exp(½ logvar)`` in training mode, ``mu`` in eval mode."""
         if not self.training:

@@ -39,6 +39,12 @@ from cryonoo.train.checkpoint import (
     save_checkpoint,
     write_run_config,
 )
+from cryonoo.train.distributed import (
+    ShardedBatchSampler,
+    all_reduce_sums,
+    barrier,
+    init_distributed,
+)
 from cryonoo.train.recipes import TrainConfig
 from cryonoo.types import Batch
 
@@ -198,6 +204,22 @@ def _truncate_stats(path: Path, last_epoch: int) -> list[dict[str, Any]]:
     return kept
 
 
+def _write_run_files(
+    run: Path, dataset: ParticleDataset, config: TrainConfig, data: dict[str, Any], vae: HetVAE
+) -> None:
+    write_run_config(
+        run,
+        {
+            "train": config.to_dict(),
+            "data": data,
+            "model": vae.config(),
+            "cryonoo_version": cryonoo.__version__,
+            "argv": sys.argv,
+        },
+    )
+    np.save(run / "train_indices.npy", dataset.indices)
+
+
 def train(
     config: TrainConfig,
     dataset: ParticleDataset,
@@ -219,7 +241,7 @@ def train(
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    info, dev = init_distributed(resolve_device(device))
     ckpt_path = latest_checkpoint(run)
     state: dict[str, Any] | None = None
     if ckpt_path is not None and not resume:
@@ -249,6 +271,8 @@ def train(
     sigma_data = None if noise_sigma_raw is None else noise_sigma_raw / dataset.norm_std
     model = build_model(config, dataset.D, noise_sigma=sigma_data).to(dev)
     vae = base_model(model)
+    if info.rank:  # other reparameterization noise on every rank (rank 0 as a single process)
+        torch.manual_seed(config.seed + 7919 * info.rank)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -258,19 +282,30 @@ def train(
         else None
     )
     loader_gen = torch.Generator().manual_seed(config.seed)
-    aug_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+    aug_gen = torch.Generator(device=dev).manual_seed(config.seed + 1 + 7919 * info.rank)
     start_epoch = 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        loader_gen.set_state(state["loader_generator"])
-        aug_gen.set_state(state["aug_generator"].to(aug_gen.get_state().device))
-        torch.set_rng_state(state["torch_rng"])
-        if dev.type == "cuda" and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        loader_gen.set_state(state["loader_generator"])  # the same order on every rank
         start_epoch = int(state["epoch"])
+        if info.is_main:  # exact continuation; other ranks re-derive their own streams
+            aug_gen.set_state(state["aug_generator"].to(aug_gen.get_state().device))
+            torch.set_rng_state(state["torch_rng"])
+            if dev.type == "cuda" and state.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        else:
+            aug_gen.manual_seed(config.seed + 1 + 7919 * info.rank + start_epoch)
+            torch.manual_seed(config.seed + 7919 * info.rank + start_epoch)
+    step_model: nn.Module = model
+    if info.enabled:
+        step_model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[dev] if dev.type == "cuda" else None,
+            find_unused_parameters=config.uses_ssl,  # the SSL heads idle during warm-up
+        )
 
     data = {
         "D": dataset.D,
@@ -283,20 +318,13 @@ def train(
         "preprocessing": vars(dataset.preprocessing)
         if hasattr(dataset.preprocessing, "__dict__")
         else {},
+        "world_size": info.world_size,
         **(data_info or {}),
     }
-    write_run_config(
-        run,
-        {
-            "train": config.to_dict(),
-            "data": data,
-            "model": vae.config(),
-            "cryonoo_version": cryonoo.__version__,
-            "argv": sys.argv,
-        },
-    )
-    np.save(run / "train_indices.npy", dataset.indices)
-    stats = _truncate_stats(run / "stats.jsonl", start_epoch)
+    if info.is_main:
+        _write_run_files(run, dataset, config, data, vae)
+    stats = _truncate_stats(run / "stats.jsonl", start_epoch) if info.is_main else []
+    barrier(info)
     use_amp = config.amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -306,6 +334,7 @@ def train(
         generator=loader_gen,
         num_workers=config.num_workers,
         pin_memory=dev.type == "cuda",
+        shard=(lambda batches: ShardedBatchSampler(batches, info)) if info.enabled else None,
     )
 
     for epoch in range(start_epoch, config.epochs):
@@ -317,10 +346,11 @@ def train(
         for i, cpu_batch in enumerate(loader):
             batch: Batch = cpu_batch.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                # through forward(), so DistributedDataParallel can synchronize gradients
                 out = (
-                    model.training_step(batch, aug_gen)
+                    step_model(batch, aug_gen)
                     if isinstance(model, SelfDistillation)
-                    else model.training_step(batch)
+                    else step_model(batch)
                 )
             bad = _check_finite(out.terms, out.loss)
             if bad is not None:
@@ -341,13 +371,18 @@ def train(
             terms["loss"] = float(out.loss.detach())  # the total optimized loss (model + λ·SSL)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * b
-            if on_step is not None:
-                on_step({"epoch": epoch + 1, "images": b, "terms": terms})
+            if on_step is not None and info.is_main:
+                on_step({"epoch": epoch + 1, "images": b * info.world_size, "terms": terms})
         elapsed = time.perf_counter() - t0
-        means = {k: v / max(seen, 1) for k, v in sums.items()}
+        totals = all_reduce_sums({**sums, "__seen": float(seen)}, info)
+        seen = int(totals.pop("__seen"))
+        means = {k: v / max(seen, 1) for k, v in totals.items()}
         if scheduler is not None and math.isfinite(means.get("loss", math.nan)):
             scheduler.step(means["loss"])
         epoch_no = epoch + 1
+        if not info.is_main:
+            barrier(info)  # rank 0 writes the epoch's files
+            continue
         if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
             mu, logvar = encode_dataset(vae, dataset, dev)
             save_z_pkl(run / f"z.{epoch_no}.pkl", mu, logvar)
@@ -378,4 +413,5 @@ def train(
         stats.append(record)
         if on_epoch is not None:
             on_epoch(record)
+        barrier(info)
     return TrainResult(run, model, stats, last_epoch=max(start_epoch, config.epochs))
