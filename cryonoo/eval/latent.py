@@ -161,6 +161,8 @@ def cv_bandwidth(
     grid: np.ndarray | list[float] | None = None,
     folds: int = 5,
     seed: int = 0,
+    *,
+    refine: bool = True,
 ) -> tuple[float, np.ndarray]:
     """Bandwidth maximizing the shuffled K-fold held-out log-likelihood of a Gaussian KDE.
 
@@ -182,6 +184,12 @@ def cv_bandwidth(
         ``h`` the best grid value; ``scores`` ``(len(grid),)`` the held-out mean log-likelihood
         per point (nats), averaged over folds. One distance matrix per fold serves every
         bandwidth. A warning is logged when ``h`` lies at an edge of the grid.
+
+    With ``refine`` (default) the search continues on 21 geometric steps between the grid
+    neighbours of the optimum (below the grid down to ``g₀/100`` when the optimum is its
+    smallest value): the paper's grid steps by 0.2, too coarse for latents of scale ≲ 0.5, and
+    a bandwidth pinned at the grid's edge biases every KDE divergence. ``scores`` then belong to
+    the refined grid.
     """
     g = np.asarray(DEFAULT_BANDWIDTH_GRID if grid is None else grid, dtype=np.float64).ravel()
     if g.size == 0 or not np.all(np.isfinite(g) & (g > 0)):
@@ -213,6 +221,10 @@ def cv_bandwidth(
             g[0],
             g[-1],
         )
+    if refine and g.size > 1:
+        lo = g[best - 1] if best > 0 else g[0] / 100
+        hi = g[best + 1] if best < g.size - 1 else g[-1]
+        return cv_bandwidth(pts, np.geomspace(lo, hi, 21), folds, seed, refine=False)
     return float(g[best]), scores_np
 
 
@@ -290,12 +302,20 @@ def latent_shift(
     folds: int = 5,
     n_projections: int = 500,
     w1_max_points: int = 2000,
+    shared_bandwidth: bool = True,
+    equal_size: bool = True,
 ) -> dict[str, float]:
     """Shift between training latents ``z_train`` ``(n, d)`` and test latents ``z_test`` ``(m, d)``.
 
-    Each set is subsampled (seeded) to at most ``max_points`` and split into fit and eval
-    halves; each fit half gets its own CV bandwidth on ``grid`` (or the given ``bandwidth``);
-    every metric is averaged over held-out eval points (module docstring).
+    Each set is subsampled (seeded) to at most ``max_points`` — and, with ``equal_size``, both
+    to the smaller set's size — and split into fit and eval halves. The bandwidth is one CV
+    bandwidth of the pooled fit halves (``shared_bandwidth``), or one per set, or the given
+    ``bandwidth``; every metric is averaged over held-out eval points (module docstring).
+
+    Equal sizes and a shared bandwidth are the defaults because two KDEs of different
+    smoothness disagree even on one distribution: with a 3 200-point training set and an
+    800-point test set, per-set CV picked h = 0.1 and 0.3 and the divergences of identical
+    distributions (the train↔train null) came out at KLD −0.15, TV 0.57.
 
     Returns
     -------
@@ -315,13 +335,16 @@ def latent_shift(
         np.array2string(te.std(0).cpu().numpy(), precision=3),
     )
     rng = np.random.default_rng(seed)
-    tr_fit, tr_eval = _subsample_split(tr, max_points, rng)
-    te_fit, te_eval = _subsample_split(te, max_points, rng)
-    if h_given is None:
+    cap = min(max_points, tr.shape[0], te.shape[0]) if equal_size else max_points
+    tr_fit, tr_eval = _subsample_split(tr, cap, rng)
+    te_fit, te_eval = _subsample_split(te, cap, rng)
+    if h_given is not None:
+        h_tr = h_te = h_given
+    elif shared_bandwidth:
+        h_tr = h_te = cv_bandwidth(torch.cat([tr_fit, te_fit]), grid, folds=folds, seed=seed)[0]
+    else:
         h_tr, _ = cv_bandwidth(tr_fit, grid, folds=folds, seed=seed)
         h_te, _ = cv_bandwidth(te_fit, grid, folds=folds, seed=seed)
-    else:
-        h_tr = h_te = h_given
 
     # log p̂ (test KDE) and log q̂ (train KDE) at the eval points A (test) and B (train)
     lp_a, lq_a = kde_log_density(te_eval, te_fit, h_te), kde_log_density(te_eval, tr_fit, h_tr)

@@ -71,8 +71,9 @@ def test_kde_chunking_and_far_points(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cv_bandwidth_gaussian(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cryonoo.eval.latent"):
-        h, scores = cv_bandwidth(_gauss(2000, 3))
-    assert 0.5 <= h <= 0.9
+        h, scores = cv_bandwidth(_gauss(2000, 3), refine=False)
+        h_fine, fine = cv_bandwidth(_gauss(2000, 3))
+    assert 0.5 <= h <= 0.9 and abs(h_fine - h) <= 0.2 and fine.size == 21
     assert scores.shape == (len(DEFAULT_BANDWIDTH_GRID),) and np.all(np.isfinite(scores))
     assert h == pytest.approx(DEFAULT_BANDWIDTH_GRID[np.argmax(scores)])
     assert "edge" not in caplog.text
@@ -116,10 +117,13 @@ def test_unequal_sizes_cv_and_null() -> None:
     z_tr, z_te = _gauss(1200, 7), _gauss(500, 8, SHIFT)
     out = latent_shift_with_null(z_tr, z_te, max_points=1000, seed=3)
     shift, null = out["shift"], out["null"]
-    assert shift["n_train"] == 1000 and shift["n_test"] == 500
+    # equal sizes by default (the smaller set's), one shared refined bandwidth
+    assert shift["n_train"] == shift["n_test"] == 500
     assert null["n_train"] == null["n_test"] == 600
+    unequal = latent_shift(z_tr, z_te, max_points=1000, seed=3, equal_size=False)
+    assert unequal["n_train"] == 1000 and unequal["n_test"] == 500
     for r in (shift, null):
-        assert r["bandwidth_train"] in DEFAULT_BANDWIDTH_GRID
+        assert r["bandwidth_train"] == r["bandwidth_test"] and 0.1 <= r["bandwidth_train"] <= 2
         assert 0 <= r["tv"] <= 1 and 0 <= r["hellinger"] <= 1 and 0 <= r["jsd"] <= math.log(2)
     assert shift["wd"] > null["wd"] and shift["kld"] > null["kld"]
     again = latent_shift_with_null(z_tr, z_te, max_points=1000, seed=3)
@@ -179,3 +183,14 @@ def test_other_bad_input() -> None:
         wasserstein1_exact(np.zeros((3,)), np.zeros((4, 3)))
     with pytest.raises(TypeError, match="z_train"):
         latent_shift([[0.0] * D] * 20, _gauss(20, 0))
+
+
+def test_cv_bandwidth_refines_below_the_grid_for_small_scale_latents():
+    """Latents 100× smaller than unit scale: the optimum is found below the paper's grid."""
+    from cryonoo.eval.latent import cv_bandwidth
+
+    x = 0.01 * torch.randn(600, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h, scores = cv_bandwidth(x)
+    assert 0.001 < h < 0.01 and scores.size == 21
+    h_plain, _ = cv_bandwidth(x, refine=False)
+    assert h_plain == pytest.approx(0.1)
