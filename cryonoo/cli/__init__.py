@@ -1,0 +1,83 @@
+"""The ``cryonoo`` command-line interface (Typer).
+
+Each command's docstring is its ``--help`` text. Heavy modules are imported inside the commands so
+that ``cryonoo --help`` stays fast. Commands live in submodules by topic: :mod:`.data`
+(simulate, parse, downsample, estimate-noise), :mod:`.training` (train, ablate, encode, volumes)
+and :mod:`.evaluation` (evaluate, demo, bench); importing this package registers them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+import cryonoo
+
+app = typer.Typer(
+    name="cryonoo",
+    help="Amortized heterogeneous cryo-EM reconstruction with self-distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"cryonoo {cryonoo.__version__}")
+        raise typer.Exit()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Amortized heterogeneous cryo-EM reconstruction with self-distillation."""
+
+
+@app.command("list")
+def list_components() -> None:
+    """List every registry and the components registered in it."""
+    from cryonoo.registries import all_registries
+
+    table = Table(title="cryonoo components")
+    table.add_column("registry", style="bold cyan")
+    table.add_column("name", style="green")
+    table.add_column("description")
+    for reg_name, registry in all_registries().items():
+        for i, name in enumerate(registry.names()):
+            table.add_row(reg_name if i == 0 else "", name, registry.describe(name))
+    console.print(table)
+
+
+# register the commands (the submodules import ``app`` from here)
+from cryonoo.cli import data, training, evaluation  # noqa: E402, I001  (help order)
+
+__all__ = ["app", "data", "evaluation", "training"]

@@ -1,0 +1,5 @@
+"""``python -m cryonoo.cli`` (used by torchrun)."""
+
+from cryonoo.cli import app
+
+app()

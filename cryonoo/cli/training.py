@@ -1,0 +1,453 @@
+"""Training and inference commands: train, ablate, encode, volumes."""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cryonoo.cli import _fail, _progress, app, console
+
+
+def _recipe_names() -> list[str]:
+    from cryonoo.train.recipes import RECIPES
+
+    return list(RECIPES)
+
+
+RecipeName = enum.Enum("RecipeName", {n: n for n in _recipe_names()}, type=str)
+
+
+def _resolve_particles(particles: Path, ind: str | None) -> str | None:
+    """Dataset directories train on their 'train' split unless told otherwise."""
+    from cryonoo.io.dataset_dir import is_dataset_dir
+
+    if ind is None and is_dataset_dir(particles):
+        return "train"
+    return None if ind == "all" else ind
+
+
+def _run_training(
+    config,
+    particles: Path,
+    poses: Path | None,
+    ctf: Path | None,
+    ind: str | None,
+    outdir: Path,
+    device: str,
+    resume: bool,
+    force: bool,
+    datadir: Path | None,
+    drop_bad: bool = False,
+) -> None:
+    """Shared body of ``train`` and ``ablate``."""
+    import numpy as np
+
+    from cryonoo.io.dataset import Preprocessing, open_dataset
+    from cryonoo.train.checkpoint import checkpoint_epochs, read_run_config
+    from cryonoo.train.trainer import NonFiniteLossError, train
+
+    ind = _resolve_particles(particles, ind)
+    norm_std, done_epochs = None, 0
+    if resume and checkpoint_epochs(outdir):
+        norm_std = read_run_config(outdir)["data"]["norm_std"]
+        done_epochs = checkpoint_epochs(outdir)[-1]
+    try:
+        dataset = open_dataset(
+            particles,
+            poses,
+            ctf,
+            ind=ind,
+            datadir=datadir,
+            lazy=config.lazy,
+            preprocessing=Preprocessing(
+                invert=config.invert, window=config.window, window_inner=config.window_r
+            ),
+            norm_std=norm_std,
+            ctf_rescale=config.ctf_rescale,
+            drop_bad=drop_bad,
+        )
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    if dataset.dropped.size:
+        outdir.mkdir(parents=True, exist_ok=True)
+        np.savetxt(outdir / "dropped_particles.txt", dataset.dropped, fmt="%d")
+        console.print(
+            f"[yellow]left out {dataset.dropped.size} particles with NaN/Inf or constant "
+            f"pixels[/] (listed in {outdir / 'dropped_particles.txt'})"
+        )
+    info = {"particles": str(particles), "poses": str(poses), "ctf": str(ctf), "ind": ind}
+    if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 reports
+        try:
+            train(
+                config, dataset, outdir, device=device, resume=resume, force=force, data_info=info
+            )
+        except (FileExistsError, ValueError, NonFiniteLossError) as exc:
+            _fail(str(exc))
+        return
+    console.print(
+        f"[bold]{config.name}[/]: {len(dataset):,} particles of {dataset.box} px "
+        f"({'lazy' if dataset.lazy else 'in memory'}), {config.epochs} epochs → {outdir}"
+    )
+    with _progress() as progress:
+        task = progress.add_task(
+            "training", total=config.epochs * len(dataset), completed=done_epochs * len(dataset)
+        )
+
+        def on_step(event: dict) -> None:
+            terms = event["terms"]
+            shown = " ".join(
+                f"{k}={terms[k]:.4g}" for k in ("loss", "recon", "ssl/loss") if k in terms
+            )
+            progress.update(
+                task,
+                advance=event["images"],
+                description=f"epoch {event['epoch']}/{config.epochs} {shown}",
+            )
+
+        try:
+            result = train(
+                config,
+                dataset,
+                outdir,
+                device=device,
+                resume=resume,
+                force=force,
+                data_info=info,
+                on_step=on_step,
+            )
+        except (FileExistsError, ValueError) as exc:
+            _fail(str(exc))
+        except NonFiniteLossError as exc:
+            _fail(f"{exc}. Lower the learning rate or check those particles.")
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted[/]: the last complete epoch's checkpoint is in {outdir}; "
+                f"continue with the same command plus --resume"
+            )
+            raise typer.Exit(code=130) from None
+    table = Table(title=f"{config.name}: {outdir}")
+    keys = [
+        k for k in ("loss", "recon", "kld", "ssl/loss") if result.stats and k in result.stats[-1]
+    ]
+    for col in ["epoch", *keys, "lr", "images/s"]:
+        table.add_column(col, justify="right")
+    for rec in result.stats[-min(5, len(result.stats)) :]:
+        table.add_row(
+            str(rec["epoch"]),
+            *(f"{rec[k]:.5g}" if k in rec else "–" for k in keys),
+            f"{rec['lr']:.2g}",
+            f"{rec['images_per_s'] or 0:.1f}",
+        )
+    console.print(table)
+
+
+_PARTICLES = typer.Argument(help="Stack (.mrcs/.txt/.star/.cs) or a dataset directory.")
+_OUT = typer.Option("-o", "--outdir", help="Run directory for checkpoints, latents, stats.")
+
+
+@app.command("train")
+def train_command(
+    particles: Annotated[Path, _PARTICLES],
+    outdir: Annotated[Path, _OUT],
+    poses: Annotated[Path | None, typer.Option(help="cryoDRGN poses.pkl.")] = None,
+    ctf: Annotated[Path | None, typer.Option(help="cryoDRGN ctf.pkl.")] = None,
+    recipe: Annotated[RecipeName, typer.Option(help="Training recipe.")] = RecipeName["cryonoo"],  # type: ignore[valid-type]
+    ind: Annotated[
+        str | None,
+        typer.Option(help="Index file (.pkl/.npy/.txt) or a split name ('train', 'test', 'all')."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="SPLIT.npz:KEY, e.g. split.npz:train.")] = None,
+    epochs: Annotated[int | None, typer.Option("-n", "--epochs", help="Number of epochs.")] = None,
+    zdim: Annotated[int | None, typer.Option(help="Latent dimension.")] = None,
+    enc_layers: Annotated[int | None, typer.Option(help="Encoder hidden layers.")] = None,
+    enc_dim: Annotated[int | None, typer.Option(help="Encoder width.")] = None,
+    dec_layers: Annotated[int | None, typer.Option(help="Decoder hidden layers.")] = None,
+    dec_dim: Annotated[int | None, typer.Option(help="Decoder width.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("-b", "--batch-size", help="Batch size.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help="Epochs before self-distillation starts.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random draw.")] = None,
+    noise_sigma: Annotated[
+        float | None, typer.Option(help="Noise σ of the stack (default: estimated).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto.")] = "auto",
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in OUTDIR.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Resume even if the settings differ.")] = False,
+    lazy: Annotated[
+        bool | None, typer.Option(help="Stream particles from disk (default: by size).")
+    ] = None,
+    datadir: Annotated[Path | None, typer.Option(help="Where .star/.cs image paths live.")] = None,
+    ctf_rescale: Annotated[
+        bool, typer.Option(help="Particles were downsampled from ctf.pkl's box.")
+    ] = False,
+    drop_bad: Annotated[
+        bool, typer.Option(help="Leave out particles with NaN/Inf or constant pixels.")
+    ] = False,
+) -> None:
+    """Train a model (default: the CryoNOO recipe) on particles with known poses and CTF.
+
+    PARTICLES may be a dataset directory from `cryonoo simulate`; then poses and CTF are found
+    there and training uses its 'train' split (override with --ind test/all or a file).
+    Outputs: OUTDIR/config.json, stats.jsonl, weights.N.pt and z.N.pkl (cryoDRGN layout).
+    """
+    from dataclasses import replace
+
+    from cryonoo.train.recipes import get_recipe
+
+    overrides = {
+        "epochs": epochs,
+        "zdim": zdim,
+        "enc_layers": enc_layers,
+        "enc_dim": enc_dim,
+        "dec_layers": dec_layers,
+        "dec_dim": dec_dim,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup_epochs": warmup,
+        "seed": seed,
+        "noise_sigma": noise_sigma,
+        "lazy": lazy,
+    }
+    try:
+        config = replace(
+            get_recipe(recipe.value), **{k: v for k, v in overrides.items() if v is not None}
+        )
+        if ctf_rescale:
+            config = replace(config, ctf_rescale=True)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+    _run_training(
+        config,
+        particles,
+        poses,
+        ctf,
+        split or ind,
+        outdir,
+        device,
+        resume,
+        force,
+        datadir,
+        drop_bad,
+    )
+
+
+@app.command()
+def ablate(
+    particles: Annotated[Path, _PARTICLES],
+    outdir: Annotated[Path, _OUT],
+    poses: Annotated[Path | None, typer.Option(help="cryoDRGN poses.pkl.")] = None,
+    ctf: Annotated[Path | None, typer.Option(help="cryoDRGN ctf.pkl.")] = None,
+    ssl: Annotated[
+        str | None, typer.Option(help="SSL objective (see `cryonoo list`); 'none' turns SSL off.")
+    ] = None,
+    head: Annotated[
+        str | None, typer.Option(help="Head spec ('1024-1024-1024') or 'none'.")
+    ] = None,
+    noise_factors: Annotated[
+        str | None,
+        typer.Option(
+            "--noise-factors",
+            "--views",
+            help="Comma-separated noise factors, one view each, e.g. '1,2,3'.",
+        ),
+    ] = None,
+    weight: Annotated[float | None, typer.Option(help="λ, the SSL weight.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up epochs.")] = None,
+    augment: Annotated[str | None, typer.Option(help="Augmenter (see `cryonoo list`).")] = None,
+    decoder_freeze: Annotated[bool, typer.Option(help="Freeze the decoder after warm-up.")] = False,
+    epochs: Annotated[int | None, typer.Option("-n", "--epochs")] = None,
+    zdim: Annotated[int | None, typer.Option()] = None,
+    enc_dim: Annotated[int | None, typer.Option()] = None,
+    dec_dim: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option("-b", "--batch-size")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    ind: Annotated[str | None, typer.Option(help="Index file or split name.")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    resume: Annotated[bool, typer.Option()] = False,
+    force: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Run one ablation arm: the CryoNOO recipe with one or more parts replaced.
+
+    Example: `cryonoo ablate data/ -o runs/simsiam --ssl simsiam`.
+    """
+    from dataclasses import replace
+
+    from cryonoo.ssl.augment import AUGMENTERS
+    from cryonoo.ssl.objectives import SSL
+    from cryonoo.train.recipes import get_recipe
+
+    changes: dict = {"name": "ablate"}
+    if ssl is not None:
+        if ssl != "none" and ssl not in SSL:
+            _fail(f"unknown ssl objective {ssl!r}; choose from: {', '.join(SSL.names())}, none")
+        changes["ssl"] = None if ssl == "none" else ssl
+    if augment is not None and augment not in AUGMENTERS:
+        _fail(f"unknown augmenter {augment!r}; choose from: {', '.join(AUGMENTERS.names())}")
+    if noise_factors is not None:
+        try:
+            changes["noise_factors"] = tuple(float(f) for f in noise_factors.split(","))
+        except ValueError:
+            _fail(f"--noise-factors must be comma-separated numbers, got {noise_factors!r}")
+    extra = {
+        "head": head,
+        "ssl_weight": weight,
+        "warmup_epochs": warmup,
+        "augment": augment,
+        "epochs": epochs,
+        "zdim": zdim,
+        "enc_dim": enc_dim,
+        "dec_dim": dec_dim,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    changes.update({k: v for k, v in extra.items() if v is not None})
+    if decoder_freeze:
+        changes["decoder_freeze"] = True
+    try:
+        config = replace(get_recipe("cryonoo"), **changes)
+    except ValueError as exc:
+        _fail(str(exc))
+    _run_training(config, particles, poses, ctf, ind, outdir, device, resume, force, None)
+
+
+@app.command()
+def encode(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a trained model.")],
+    particles: Annotated[Path, _PARTICLES],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Latents, cryoDRGN z.pkl layout.")],
+    poses: Annotated[Path | None, typer.Option(help="poses.pkl (for shifts).")] = None,
+    ctf: Annotated[Path | None, typer.Option(help="ctf.pkl (for the phase flip).")] = None,
+    ind: Annotated[
+        str | None, typer.Option(help="Index file or split name (default: all).")
+    ] = None,
+    epoch: Annotated[int | None, typer.Option(help="Checkpoint epoch (default: newest).")] = None,
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size")] = 1024,
+    device: Annotated[str, typer.Option()] = "auto",
+    datadir: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Amortized inference: latents for any particle stack in one encoder pass (no training).
+
+    The particles are preprocessed exactly as the training data were (same normalization,
+    inversion and window) and streamed from disk in batches.
+    """
+    import time
+
+    import numpy as np
+
+    from cryonoo.io.cryodrgn import save_z_pkl
+    from cryonoo.io.dataset import Preprocessing, open_dataset
+    from cryonoo.train.run import load_run
+    from cryonoo.train.trainer import encode_dataset, resolve_device
+
+    try:
+        dev = resolve_device(device)
+        run = load_run(run_dir, epoch, dev)
+        cfg = run.train
+        dataset = open_dataset(
+            particles,
+            poses,
+            ctf,
+            ind=None if ind == "all" else ind,
+            datadir=datadir,
+            lazy=True,
+            preprocessing=Preprocessing(
+                invert=cfg.invert, window=cfg.window, window_inner=cfg.window_r
+            ),
+            norm_std=run.norm_std,
+            require_poses=False,
+        )
+        if dataset.D != run.model.D:
+            box = run.model.D - 1
+            raise ValueError(
+                f"the model was trained on {box}-px images but {particles} has "
+                f"{dataset.box}-px images; downsample them with `cryonoo downsample -D {box}`"
+            )
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    t0 = time.perf_counter()
+    mu, logvar = encode_dataset(run.model, dataset, dev, batch_size=batch_size)
+    elapsed = time.perf_counter() - t0
+    save_z_pkl(output, mu, logvar)
+    rate = len(mu) / max(elapsed, 1e-9)
+    console.print(
+        f"{len(mu):,} latents (zdim {mu.shape[1]}) → {output} in {elapsed:.1f} s "
+        f"({rate:,.0f} images/s); mean |z| {np.linalg.norm(mu, axis=1).mean():.3f}"
+    )
+
+
+@app.command()
+def volumes(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a trained model.")],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Directory for vol_NNN.mrc.")],
+    z: Annotated[
+        str | None,
+        typer.Option(
+            help="Latent values separated by spaces (zdim each; several latents one after another)."
+        ),
+    ] = None,
+    zfile: Annotated[
+        Path | None, typer.Option(help="z.pkl / .npy / .txt of latents (N, zdim).")
+    ] = None,
+    ind: Annotated[Path | None, typer.Option(help="Rows of --zfile to use.")] = None,
+    epoch: Annotated[int | None, typer.Option(help="Checkpoint epoch (default: newest).")] = None,
+    apix: Annotated[
+        float | None, typer.Option(help="Voxel size in Å (default: from the data).")
+    ] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Generate density maps (.mrc, voxel size set) for given latents."""
+    import numpy as np
+    import torch
+
+    from cryonoo.io.cryodrgn import load_indices, load_z_pkl
+    from cryonoo.io.mrc import write_mrc
+    from cryonoo.train.run import load_run
+    from cryonoo.train.trainer import resolve_device
+
+    if (z is None) == (zfile is None):
+        _fail("give exactly one of --z or --zfile")
+    try:
+        run = load_run(run_dir, epoch, resolve_device(device))
+        zdim = run.model.zdim
+        if z is not None:
+            values = np.array([float(v) for v in z.replace(",", " ").split()], dtype=np.float32)
+            if values.size == 0 or values.size % zdim:
+                raise ValueError(f"--z needs a multiple of zdim={zdim} numbers, got {values.size}")
+            lat = values.reshape(-1, zdim)
+        else:
+            suffix = zfile.suffix
+            lat = (
+                np.load(zfile)
+                if suffix == ".npy"
+                else np.loadtxt(zfile, ndmin=2)
+                if suffix == ".txt"
+                else load_z_pkl(zfile)[0]
+            )
+            lat = np.asarray(lat, dtype=np.float32).reshape(len(lat), -1)
+            if lat.shape[1] != zdim:
+                raise ValueError(
+                    f"{zfile} has latents of width {lat.shape[1]}; the model's zdim is {zdim}"
+                )
+            if ind is not None:
+                lat = lat[load_indices(ind, n=len(lat))]
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    voxel = apix or run.data.get("apix") or 1.0
+    outdir.mkdir(parents=True, exist_ok=True)
+    dev = next(run.model.parameters()).device
+    with torch.no_grad():
+        for i, row in enumerate(lat):
+            vol = run.model.volume(torch.from_numpy(row).to(dev), norm_std=run.norm_std)
+            write_mrc(outdir / f"vol_{i:03d}.mrc", vol.float().cpu().numpy(), voxel_size=voxel)
+    console.print(f"{len(lat)} maps ({run.model.D - 1}³, {voxel:.4g} Å) → {outdir}")
