@@ -80,8 +80,7 @@ def simulate(
         if volumes:
             result = simulate_from_maps(outdir, volumes, cfg, progress=update)
         else:
-            kwargs = {} if n_conformations is None else {"n_conformations": n_conformations}
-            ph = PHANTOMS.build(phantom.value, **kwargs)
+            ph = PHANTOMS.build(phantom.value, n_conformations=n_conformations)
             result = simulate_phantom(outdir, ph, cfg, progress=update)
     table = Table(title=f"dataset {result.root}")
     table.add_column("item")

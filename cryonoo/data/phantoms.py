@@ -239,8 +239,10 @@ def igg_rl(n_conformations: int = 100, seed: int = 0) -> Phantom:
 
 
 @PHANTOMS.register("igg-states")
-def igg_states() -> Phantom:
+def igg_states(n_conformations: int | None = None) -> Phantom:
     """Four discrete states: arm A closed/open × an extra Fc-bound domain absent/present."""
+    if n_conformations not in (None, 4):
+        raise ValueError(f"igg-states has exactly 4 states; got n_conformations={n_conformations}")
     mol = _build_igg()
     normal = np.array([0.0, 0.0, 1.0])
     open_a = _rotate_about(mol.arm_a, mol.hinge, _rotation(normal, math.radians(-50.0)))

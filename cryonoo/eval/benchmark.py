@@ -36,7 +36,7 @@ class BenchmarkConfig:
     """Dataset and training scale shared by every recipe (CPU-sized defaults)."""
 
     phantom: str = "igg-1d"
-    n_conformations: int = 100
+    n_conformations: int | None = None  # None: the phantom's default (100 for igg-1d/igg-rl)
     box: int = 32
     n_images: int = 4000
     snr: float = 0.1
@@ -77,11 +77,8 @@ def run_benchmark(
         data_dir = root / f"data_seed{seed}"
         if not (data_dir / "config.json").is_file():
             say(f"simulating {config.phantom} ({config.n_images:,} images, seed {seed})")
-            phantom = (
-                PHANTOMS.build(config.phantom, n_conformations=config.n_conformations)
-                if config.phantom != "igg-states"
-                else PHANTOMS.build(config.phantom)
-            )
+            # None keeps the phantom's own count (discrete phantoms have a fixed one)
+            phantom = PHANTOMS.build(config.phantom, n_conformations=config.n_conformations)
             sim = SimulationConfig(
                 box=config.box, n_images=config.n_images, snr=config.snr, seed=seed
             )
