@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cryonoo.physics.fft import ht2_center, iht2_center, symmetrize_ht, unsymmetrize_ht
+from cryonoo.physics.rotations import random_rotations
 from cryonoo.registry import Registry
 from cryonoo.types import Batch, ReconstructionModel, StepOutput
 
@@ -109,9 +110,14 @@ class ReprojectNoise:
     detach_render:
         Treat the rendering as a fixed teacher image (default). With ``False`` the SSL loss can
         also push gradients into the decoder through the rendering.
+    pose:
+        ``"same"`` (the paper's): render at the image's own pose, reusing ``step.render`` when
+        the model returned it. ``"random"``: render the image's latent at a new uniformly random
+        pose (one per image, shared by its J views; costs one decoder pass), so the encoder also
+        sees the conformation from views the training set does not contain.
 
-    Uses ``step.render`` when the model returned it, else ``model.render(step.z, batch.rot,
-    batch.ctf)`` (under ``no_grad`` when detached). Returns ``(views (J, B, D, D), batch.ctf)``.
+    Otherwise ``model.render(step.z, rot, batch.ctf)`` is called (under ``no_grad`` when
+    detached). Returns ``(views (J, B, D, D), batch.ctf)``.
     """
 
     def __init__(
@@ -119,10 +125,14 @@ class ReprojectNoise:
         sigma: float,
         noise_factors: Sequence[float] = (1.0, 2.0, 3.0),
         detach_render: bool = True,
+        pose: str = "same",
     ) -> None:
+        if pose not in ("same", "random"):
+            raise ValueError(f"pose must be 'same' or 'random', got {pose!r}")
         self.sigma = _check_sigma(sigma)
         self.noise_factors = _check_factors(noise_factors)
         self.detach_render = bool(detach_render)
+        self.pose = pose
 
     @property
     def num_views(self) -> int:
@@ -135,10 +145,13 @@ class ReprojectNoise:
         step: StepOutput,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        render = step.render
+        render = step.render if self.pose == "same" else None
         if render is None:
+            rot = batch.rot
+            if self.pose == "random":
+                rot = random_rotations(len(batch), generator, dtype=rot.dtype, device=rot.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_render):
-                render = model.render(step.z, batch.rot, batch.ctf)
+                render = model.render(step.z, rot, batch.ctf)
         if self.detach_render:
             render = render.detach()
         if render.shape != batch.images.shape:
@@ -150,7 +163,7 @@ class ReprojectNoise:
     def __repr__(self) -> str:
         return (
             f"ReprojectNoise(sigma={self.sigma:g}, noise_factors={self.noise_factors}, "
-            f"detach_render={self.detach_render})"
+            f"detach_render={self.detach_render}, pose={self.pose!r})"
         )
 
 

@@ -61,6 +61,7 @@ class TrainConfig:
     detach_render: bool = True
     detach_target: bool = False  # stop the SSL gradient at z0 (see SelfDistillation)
     ssl_options: dict[str, Any] = field(default_factory=dict)  # objective kwargs (e.g. inv=25)
+    augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"pose": "random"}
     # data
     invert: bool = True
     window: bool = True
@@ -166,6 +167,7 @@ RECIPES: dict[str, TrainConfig] = {
     # beyond the paper: where the SSL gradient flows and how VICReg's terms are weighted
     "anchored": _arm("anchored", detach_target=True),
     "vicreg-25": _arm("vicreg-25", ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}),
+    "random-pose": _arm("random-pose", augment_options={"pose": "random"}),
     "anchored-25": _arm(
         "anchored-25", detach_target=True, ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}
     ),

@@ -128,6 +128,7 @@ def build_model(config: TrainConfig, D: int, *, noise_sigma: float | None = None
             aug_kwargs["detach_render"] = config.detach_render
     else:
         aug_kwargs = {"num_views": len(config.noise_factors)}
+    aug_kwargs.update(config.augment_options)
     return SelfDistillation(
         vae,
         objective=config.ssl,

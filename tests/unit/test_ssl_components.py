@@ -217,3 +217,31 @@ def test_every_augmenter_runs(name):
     assert views.ndim == 4 and views.shape[1:] == (3, D, D) and ctf is None
     assert torch.isfinite(views).all()
     assert AUGMENTERS.describe(name)
+
+
+def test_reproject_noise_random_pose_renders_new_views():
+    """pose='random' re-renders the latent at new poses (not the step's own rendering)."""
+    from cryonoo.ssl.augment import ReprojectNoise
+    from cryonoo.types import Batch, StepOutput
+
+    calls = []
+
+    class Model:
+        def render(self, z, rot, ctf=None):
+            calls.append(rot)
+            return torch.zeros(z.shape[0], 9, 9)
+
+    batch = Batch(images=torch.ones(4, 9, 9), rot=torch.eye(3).expand(4, 3, 3).clone())
+    step = StepOutput(loss=torch.zeros(()), z=torch.zeros(4, 2), render=torch.ones(4, 9, 9))
+    same = ReprojectNoise(sigma=0.0)(batch, Model(), step)[0]
+    assert not calls and torch.allclose(same, torch.ones(3, 4, 9, 9), atol=1e-5)
+    views, _ = ReprojectNoise(sigma=0.0, pose="random")(
+        batch, Model(), step, torch.Generator().manual_seed(0)
+    )
+    assert len(calls) == 1 and not torch.allclose(calls[0], batch.rot)
+    assert torch.allclose(
+        calls[0] @ calls[0].transpose(1, 2), torch.eye(3).expand(4, 3, 3), atol=1e-5
+    )
+    assert views.shape == (3, 4, 9, 9) and torch.allclose(views, torch.zeros_like(views), atol=1e-5)
+    with pytest.raises(ValueError, match="pose"):
+        ReprojectNoise(sigma=0.1, pose="tilted")
