@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.table import Table
 
@@ -123,7 +124,21 @@ def _run_training(
         except (FileExistsError, ValueError) as exc:
             _fail(str(exc))
         except NonFiniteLossError as exc:
-            _fail(f"{exc}. Lower the learning rate or check those particles.")
+            _fail(
+                f"{exc}. Lower the learning rate, check those particles, or pass "
+                "--skip-nonfinite to drop such batches"
+            )
+        except torch.cuda.OutOfMemoryError:
+            _fail(
+                f"out of GPU memory at batch size {config.batch_size}; use a smaller "
+                "--batch-size (or --lazy). The last complete epoch's checkpoint in "
+                f"{outdir} is intact: continue with --resume"
+            )
+        except OSError as exc:
+            _fail(
+                f"cannot write the run to {outdir}: {exc}. Free space or choose another -o; "
+                "checkpoints already written are intact (continue with --resume)"
+            )
         except KeyboardInterrupt:
             console.print(
                 f"[yellow]interrupted[/]: the last complete epoch's checkpoint is in {outdir}; "
@@ -194,6 +209,9 @@ def train_command(
     drop_bad: Annotated[
         bool, typer.Option(help="Leave out particles with NaN/Inf or constant pixels.")
     ] = False,
+    skip_nonfinite: Annotated[
+        bool, typer.Option(help="Drop batches whose loss is NaN/Inf (counted in stats.jsonl).")
+    ] = False,
 ) -> None:
     """Train a model (default: the CryoNOO recipe) on particles with known poses and CTF.
 
@@ -225,6 +243,8 @@ def train_command(
         )
         if ctf_rescale:
             config = replace(config, ctf_rescale=True)
+        if skip_nonfinite:
+            config = replace(config, skip_nonfinite=True)
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
     _run_training(

@@ -47,6 +47,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     grad_clip: float | None = None
+    skip_nonfinite: bool = False  # drop batches whose loss is NaN/Inf (counted in stats)
     amp: bool = True  # autocast on CUDA (bf16 where supported); no effect on CPU
     seed: int = 0
     # self-distillation (ssl=None: no SSL term, the plain model)

@@ -13,6 +13,7 @@ at most the epoch in progress.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -57,6 +58,8 @@ __all__ = [
     "resolve_device",
     "train",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: augmenters whose noise level is the data's σ
 _SIGMA_AUGMENTERS = ("reproject-noise", "noise")
@@ -272,6 +275,7 @@ def train(
     sigma_data = None if noise_sigma_raw is None else noise_sigma_raw / dataset.norm_std
     model = build_model(config, dataset.D, noise_sigma=sigma_data).to(dev)
     vae = base_model(model)
+    vae.check_finite = False  # checked below, where the particle indices are known
     if info.rank:  # other reparameterization noise on every rank (rank 0 as a single process)
         torch.manual_seed(config.seed + 7919 * info.rank)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -343,7 +347,7 @@ def train(
             model.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
+        seen, skipped, t0 = 0, 0, time.perf_counter()
         for i, cpu_batch in enumerate(loader):
             batch: Batch = cpu_batch.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
@@ -354,11 +358,18 @@ def train(
                     else step_model(batch)
                 )
             bad = _check_finite(out.terms, out.loss)
+            if config.skip_nonfinite and info.enabled:  # every rank must skip the same step
+                flag = torch.tensor(float(bad is not None), device=dev)
+                torch.distributed.all_reduce(flag)
+                bad = bad or ("loss" if float(flag) > 0 else None)
             if bad is not None:
                 ids = dataset.indices[batch.index.cpu().numpy()].tolist()
-                raise NonFiniteLossError(
-                    f"non-finite {bad!r} at epoch {epoch + 1}, batch {i + 1}; particles {ids}"
-                )
+                message = f"non-finite {bad!r} at epoch {epoch + 1}, batch {i + 1}; particles {ids}"
+                if not config.skip_nonfinite:
+                    raise NonFiniteLossError(message)
+                skipped += 1
+                logger.warning("skipped batch: %s", message)
+                continue
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(out.loss).backward()
             if config.grad_clip is not None:
@@ -375,8 +386,8 @@ def train(
             if on_step is not None and info.is_main:
                 on_step({"epoch": epoch + 1, "images": b * info.world_size, "terms": terms})
         elapsed = time.perf_counter() - t0
-        totals = all_reduce_sums({**sums, "__seen": float(seen)}, info)
-        seen = int(totals.pop("__seen"))
+        totals = all_reduce_sums({**sums, "__seen": float(seen), "__skip": float(skipped)}, info)
+        seen, skipped = int(totals.pop("__seen")), int(totals.pop("__skip"))
         means = {k: v / max(seen, 1) for k, v in totals.items()}
         if scheduler is not None and math.isfinite(means.get("loss", math.nan)):
             scheduler.step(means["loss"])
@@ -409,6 +420,7 @@ def train(
             "time_s": elapsed,
             "images_per_s": seen / elapsed if elapsed > 0 else None,
             "ssl_active": bool(getattr(model, "active", False)),
+            "skipped_nonfinite": skipped,
         }
         _append_stats(run / "stats.jsonl", record)
         stats.append(record)

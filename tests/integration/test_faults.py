@@ -1,0 +1,188 @@
+"""Fault matrix: what happens when a run is killed, a disk fails, a loss explodes, a file lies.
+
+Cases already covered elsewhere are listed in docs/reliability.md with their tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cryonoo.cli import app
+from cryonoo.data.phantoms import PHANTOMS
+from cryonoo.data.simulate import SimulationConfig, simulate_phantom
+from cryonoo.io.cryodrgn import load_z_pkl
+from cryonoo.io.dataset import open_dataset
+from cryonoo.models.vae import HetVAE
+from cryonoo.train.checkpoint import load_checkpoint
+from cryonoo.train.recipes import get_recipe
+from cryonoo.train.trainer import NonFiniteLossError, train
+
+runner = CliRunner()
+SMALL = {
+    "enc_dim": 16,
+    "dec_dim": 16,
+    "enc_layers": 1,
+    "dec_layers": 1,
+    "zdim": 2,
+    "batch_size": 16,
+    "head": "16-16",
+    "warmup_epochs": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cfg = SimulationConfig(box=16, n_images=96, snr=1.0, seed=0, oversample=1)
+    return simulate_phantom(
+        tmp_path_factory.mktemp("data"), PHANTOMS.build("igg-1d", n_conformations=4), cfg
+    )
+
+
+def test_sigkill_mid_run_then_resume(data, tmp_path):
+    """Case 1: SIGKILL during training loses at most the epoch in progress."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cryonoo.cli",
+        "train",
+        str(data.root),
+        "-o",
+        str(run),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "400",
+        "--enc-dim",
+        "16",
+        "--dec-dim",
+        "16",
+        "--zdim",
+        "2",
+        "-b",
+        "8",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "weights.2.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(int(p.name.split(".")[1]) for p in run.glob("weights.*.pt"))
+    assert done and done == list(range(1, done[-1] + 1))
+    for epoch in done:  # every file under a final name is complete
+        assert load_checkpoint(run / f"weights.{epoch}.pt")["epoch"] == epoch
+        assert load_z_pkl(run / f"z.{epoch}.pkl")[0].shape == (len(data.split["train"]), 2)
+    target = done[-1] + 2
+    resumed = subprocess.run(
+        [*cmd[:10], str(target), *cmd[11:], "--resume"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-1500:]
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in stats] == list(range(1, target + 1))
+
+
+def test_unwritable_output_is_named(data, tmp_path):
+    """Case 2: the output path cannot be created: a clear error naming it, nothing else."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = blocker / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(data.root),
+            "-o",
+            str(out),
+            "--recipe",
+            "cryodrgn",
+            "-n",
+            "1",
+            "--enc-dim",
+            "8",
+            "--dec-dim",
+            "8",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "file" in result.output and "error" in result.output
+
+
+def test_nonfinite_loss_is_named_or_skipped(data, tmp_path, monkeypatch):
+    """Case 4: a NaN loss stops with term, epoch, batch and particles; or the batch is skipped."""
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    original = HetVAE.training_step
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.terms["kld"] = out.terms["kld"] * float("nan")
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(HetVAE, "training_step", poisoned)
+    config = replace(
+        get_recipe("cryodrgn"),
+        epochs=1,
+        **{k: SMALL[k] for k in ("enc_dim", "dec_dim", "zdim", "batch_size")},
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite 'kld' at epoch 1, batch 3; particles"
+    ):
+        train(config, dataset, tmp_path / "a")
+    calls["n"] = 0
+    result = train(replace(config, skip_nonfinite=True), dataset, tmp_path / "b")
+    assert result.stats[-1]["skipped_nonfinite"] == 1
+    assert np.isfinite(result.stats[-1]["loss"])
+
+
+def test_crafted_checkpoint_is_refused(tmp_path):
+    """Case 11: a checkpoint holding an arbitrary object does not load (weights_only)."""
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"epoch": 1, "x": Payload()}, tmp_path / "weights.1.pt")
+    with pytest.raises(ValueError, match="refused for safety"):
+        load_checkpoint(tmp_path / "weights.1.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("case", ["batch-larger-than-data", "one-image", "zdim-1"])
+def test_small_and_degenerate_shapes(data, tmp_path, case):
+    """Case 12: batch > dataset, a single image, zdim 1 — train, or skip SSL with a reason."""
+    kw = dict(SMALL)
+    indices = "train"
+    if case == "batch-larger-than-data":
+        kw["batch_size"] = 1000
+    elif case == "one-image":
+        indices = np.array([0])
+    else:
+        kw["zdim"] = 1
+    dataset = open_dataset(data.root, ind=indices, lazy=False)
+    result = train(replace(get_recipe("cryonoo"), epochs=1, **kw), dataset, tmp_path / case)
+    record = result.stats[-1]
+    assert np.isfinite(record["loss"])
+    if case == "one-image":
+        assert record["ssl/skipped"] == 1.0  # the SSL term needs two images per batch
