@@ -212,6 +212,9 @@ def train_command(
     skip_nonfinite: Annotated[
         bool, typer.Option(help="Drop batches whose loss is NaN/Inf (counted in stats.jsonl).")
     ] = False,
+    num_workers: Annotated[
+        int, typer.Option(help="DataLoader worker processes reading and preprocessing batches.")
+    ] = 0,
 ) -> None:
     """Train a model (default: the CryoNOO recipe) on particles with known poses and CTF.
 
@@ -245,6 +248,8 @@ def train_command(
             config = replace(config, ctf_rescale=True)
         if skip_nonfinite:
             config = replace(config, skip_nonfinite=True)
+        if num_workers:
+            config = replace(config, num_workers=num_workers)
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
     _run_training(

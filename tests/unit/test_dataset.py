@@ -114,3 +114,14 @@ def test_loader_is_seeded_and_complete(stack, poses):
     assert sorted(order(0)) == list(range(N))
     seq = make_loader(ds, 16, shuffle=False)
     assert [len(b) for b in seq] == [16, 16, 8]
+
+
+def test_loader_workers_serve_the_same_batches(stack, poses):
+    """Lazy datasets pickle into worker processes and give the same batches as the main one."""
+    source, _ = stack
+    ds = ParticleDataset(source, poses[0], norm_std=1.0, lazy=True)
+    main = [b.images for b in make_loader(ds, 8, shuffle=False)]
+    workers = [b.images for b in make_loader(ds, 8, shuffle=False, num_workers=2)]
+    assert len(main) == len(workers) == 5
+    for a, b in zip(main, workers, strict=True):
+        assert torch.equal(a, b)
