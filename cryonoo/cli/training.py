@@ -141,8 +141,8 @@ def _run_training(
             )
         except KeyboardInterrupt:
             console.print(
-                f"[yellow]interrupted[/]: the last complete epoch's checkpoint is in {outdir}; "
-                f"continue with the same command plus --resume"
+                f"[yellow]interrupted[/]: the state at the interruption is saved in "
+                f"{outdir / 'interrupted.pt'}; continue with the same command plus --resume"
             )
             raise typer.Exit(code=130) from None
     table = Table(title=f"{config.name}: {outdir}")

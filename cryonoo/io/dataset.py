@@ -284,6 +284,8 @@ def make_loader(
         batch_size=None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        # the loader draws its workers' base seed from this, never from the global generator
+        generator=generator if generator is not None else torch.Generator(),
         persistent_workers=num_workers > 0,
     )
 

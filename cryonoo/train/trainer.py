@@ -16,7 +16,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +51,10 @@ from cryonoo.train.distributed import (
 from cryonoo.train.recipes import TrainConfig
 from cryonoo.types import Batch
 
+INTERRUPTED = "interrupted.pt"  # mid-epoch checkpoint written on Ctrl-C
+
 __all__ = [
+    "INTERRUPTED",
     "NonFiniteLossError",
     "TrainResult",
     "build_model",
@@ -79,6 +84,33 @@ class TrainResult:
     model: nn.Module
     stats: list[dict[str, Any]] = field(default_factory=list)
     last_epoch: int = 0
+
+
+class _SigintFlag:
+    """While installed, Ctrl-C sets a flag that the loop checks after each step (so the state it
+    saves is consistent); a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    @classmethod
+    def install(cls) -> _SigintFlag | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None  # signal handlers can only be set from the main thread
+        flag = cls()
+        flag._previous = signal.signal(signal.SIGINT, flag._handle)
+        return flag
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -247,12 +279,18 @@ def train(
     run.mkdir(parents=True, exist_ok=True)
     info, dev = init_distributed(resolve_device(device))
     ckpt_path = latest_checkpoint(run)
+    interrupted = run / INTERRUPTED
     state: dict[str, Any] | None = None
-    if ckpt_path is not None and not resume:
+    if (ckpt_path is not None or interrupted.is_file()) and not resume:
+        name = ckpt_path.name if ckpt_path is not None else INTERRUPTED
         raise FileExistsError(
-            f"{run} already holds checkpoints (latest {ckpt_path.name}); pass --resume to "
+            f"{run} already holds checkpoints (latest {name}); pass --resume to "
             "continue that run or choose another output directory"
         )
+    if resume and interrupted.is_file():
+        done = int(ckpt_path.name.split(".")[1]) if ckpt_path is not None else 0
+        if int(load_checkpoint(interrupted)["epoch"]) >= done:
+            ckpt_path = interrupted  # newer than the last complete epoch: continue mid-epoch
     saved_cfg = read_run_config(run) if (resume and ckpt_path is not None) else None
     if saved_cfg is not None:
         diff = _differences(saved_cfg["train"], config)
@@ -342,89 +380,135 @@ def train(
         shard=(lambda batches: ShardedBatchSampler(batches, info)) if info.enabled else None,
     )
 
-    for epoch in range(start_epoch, config.epochs):
-        if isinstance(model, SelfDistillation):
-            model.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        seen, skipped, t0 = 0, 0, time.perf_counter()
-        for i, cpu_batch in enumerate(loader):
-            batch: Batch = cpu_batch.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                # through forward(), so DistributedDataParallel can synchronize gradients
-                out = (
-                    step_model(batch, aug_gen)
-                    if isinstance(model, SelfDistillation)
-                    else step_model(batch)
-                )
-            bad = _check_finite(out.terms, out.loss)
-            if config.skip_nonfinite and info.enabled:  # every rank must skip the same step
-                flag = torch.tensor(float(bad is not None), device=dev)
-                torch.distributed.all_reduce(flag)
-                bad = bad or ("loss" if float(flag) > 0 else None)
-            if bad is not None:
-                ids = dataset.indices[batch.index.cpu().numpy()].tolist()
-                message = f"non-finite {bad!r} at epoch {epoch + 1}, batch {i + 1}; particles {ids}"
-                if not config.skip_nonfinite:
-                    raise NonFiniteLossError(message)
-                skipped += 1
-                logger.warning("skipped batch: %s", message)
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            if config.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            b = len(batch)
-            seen += b
-            terms = {k: float(v) for k, v in out.terms.items()}
-            terms["loss"] = float(out.loss.detach())  # the total optimized loss (model + λ·SSL)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v * b
-            if on_step is not None and info.is_main:
-                on_step({"epoch": epoch + 1, "images": b * info.world_size, "terms": terms})
-        elapsed = time.perf_counter() - t0
-        totals = all_reduce_sums({**sums, "__seen": float(seen), "__skip": float(skipped)}, info)
-        seen, skipped = int(totals.pop("__seen")), int(totals.pop("__skip"))
-        means = {k: v / max(seen, 1) for k, v in totals.items()}
-        if scheduler is not None and math.isfinite(means.get("loss", math.nan)):
-            scheduler.step(means["loss"])
-        epoch_no = epoch + 1
-        if not info.is_main:
-            barrier(info)  # rank 0 writes the epoch's files
-            continue
-        if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
-            mu, logvar = encode_dataset(vae, dataset, dev)
-            save_z_pkl(run / f"z.{epoch_no}.pkl", mu, logvar)
-            save_checkpoint(
-                run / f"weights.{epoch_no}.pt",
-                {
-                    "epoch": epoch_no,
-                    "model": model.state_dict(),
-                    "vae": vae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "loader_generator": loader_gen.get_state(),
-                    "aug_generator": aug_gen.get_state().cpu(),
-                    # the global generator drives the VAE's reparameterization noise
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
-                },
+    resume_steps = int(state.get("batches_done", 0)) if state is not None else 0
+    stop = _SigintFlag.install() if not info.enabled else None
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if isinstance(model, SelfDistillation):
+                model.set_epoch(epoch)
+            model.train()
+            sums: dict[str, float] = dict(state["sums"]) if resume_steps else {}
+            seen = int(state["seen"]) if resume_steps else 0
+            skipped, t0 = 0, time.perf_counter()
+            epoch_gen_state = loader_gen.get_state()  # this epoch's shuffle is drawn from it
+            completed = resume_steps
+            try:
+                for i, cpu_batch in enumerate(loader):
+                    if i < resume_steps:
+                        continue  # completed before the interruption
+                    if stop is not None and stop.raised:
+                        raise KeyboardInterrupt
+                    batch: Batch = cpu_batch.to(dev, non_blocking=True)
+                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                        # through forward(), so DistributedDataParallel can synchronize gradients
+                        out = (
+                            step_model(batch, aug_gen)
+                            if isinstance(model, SelfDistillation)
+                            else step_model(batch)
+                        )
+                    bad = _check_finite(out.terms, out.loss)
+                    if config.skip_nonfinite and info.enabled:  # every rank must skip the same step
+                        flag = torch.tensor(float(bad is not None), device=dev)
+                        torch.distributed.all_reduce(flag)
+                        bad = bad or ("loss" if float(flag) > 0 else None)
+                    if bad is not None:
+                        ids = dataset.indices[batch.index.cpu().numpy()].tolist()
+                        message = (
+                            f"non-finite {bad!r} at epoch {epoch + 1}, batch {i + 1}; "
+                            f"particles {ids}"
+                        )
+                        if not config.skip_nonfinite:
+                            raise NonFiniteLossError(message)
+                        skipped += 1
+                        logger.warning("skipped batch: %s", message)
+                        completed = i + 1
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(out.loss).backward()
+                    if config.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    b = len(batch)
+                    seen += b
+                    terms = {k: float(v) for k, v in out.terms.items()}
+                    terms["loss"] = float(
+                        out.loss.detach()
+                    )  # the total optimized loss (model + λ·SSL)
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v * b
+                    completed = i + 1  # the optimizer step is done
+                    if on_step is not None and info.is_main:
+                        on_step({"epoch": epoch + 1, "images": b * info.world_size, "terms": terms})
+            except KeyboardInterrupt:
+                if stop is not None:  # one process: save exactly where it stopped, then re-raise
+                    save_checkpoint(
+                        interrupted,
+                        {
+                            "epoch": epoch,
+                            "batches_done": completed,
+                            "sums": sums,
+                            "seen": seen,
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                            "loader_generator": epoch_gen_state,
+                            "aug_generator": aug_gen.get_state().cpu(),
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state_all()
+                            if dev.type == "cuda"
+                            else [],
+                        },
+                    )
+                raise
+            resume_steps = 0
+            elapsed = time.perf_counter() - t0
+            totals = all_reduce_sums(
+                {**sums, "__seen": float(seen), "__skip": float(skipped)}, info
             )
-        record = {
-            "epoch": epoch_no,
-            **means,
-            "lr": optimizer.param_groups[0]["lr"],
-            "time_s": elapsed,
-            "images_per_s": seen / elapsed if elapsed > 0 else None,
-            "ssl_active": bool(getattr(model, "active", False)),
-            "skipped_nonfinite": skipped,
-        }
-        _append_stats(run / "stats.jsonl", record)
-        stats.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        barrier(info)
+            seen, skipped = int(totals.pop("__seen")), int(totals.pop("__skip"))
+            means = {k: v / max(seen, 1) for k, v in totals.items()}
+            if scheduler is not None and math.isfinite(means.get("loss", math.nan)):
+                scheduler.step(means["loss"])
+            epoch_no = epoch + 1
+            if not info.is_main:
+                barrier(info)  # rank 0 writes the epoch's files
+                continue
+            if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
+                mu, logvar = encode_dataset(vae, dataset, dev)
+                save_z_pkl(run / f"z.{epoch_no}.pkl", mu, logvar)
+                save_checkpoint(
+                    run / f"weights.{epoch_no}.pt",
+                    {
+                        "epoch": epoch_no,
+                        "model": model.state_dict(),
+                        "vae": vae.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                        "loader_generator": loader_gen.get_state(),
+                        "aug_generator": aug_gen.get_state().cpu(),
+                        # the global generator drives the VAE's reparameterization noise
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+                    },
+                )
+            record = {
+                "epoch": epoch_no,
+                **means,
+                "lr": optimizer.param_groups[0]["lr"],
+                "time_s": elapsed,
+                "images_per_s": seen / elapsed if elapsed > 0 else None,
+                "ssl_active": bool(getattr(model, "active", False)),
+                "skipped_nonfinite": skipped,
+            }
+            _append_stats(run / "stats.jsonl", record)
+            interrupted.unlink(missing_ok=True)  # superseded by the complete epoch
+            stats.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            barrier(info)
+    finally:
+        if stop is not None:
+            stop.restore()
     return TrainResult(run, model, stats, last_epoch=max(start_epoch, config.epochs))

@@ -186,3 +186,31 @@ def test_small_and_degenerate_shapes(data, tmp_path, case):
     assert np.isfinite(record["loss"])
     if case == "one-image":
         assert record["ssl/skipped"] == 1.0  # the SSL term needs two images per batch
+
+
+def test_ctrl_c_saves_the_current_state_and_resume_is_exact(data, tmp_path):
+    """Case 3: Ctrl-C mid-epoch writes a consistent mid-epoch checkpoint; --resume continues
+    from that very step, bit-identical (CPU) to a run never interrupted."""
+    from cryonoo.train.trainer import INTERRUPTED
+
+    dataset = open_dataset(data.root, ind="train", lazy=False)
+    config = replace(get_recipe("cryonoo"), epochs=3, **SMALL)
+    train(config, dataset, tmp_path / "straight")
+    steps = {"n": 0}
+
+    def interrupt_in_epoch_2(event):
+        steps["n"] += 1
+        if event["epoch"] == 2 and steps["n"] == 7:  # 5 steps per epoch → 2nd step of epoch 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, dataset, tmp_path / "cut", on_step=interrupt_in_epoch_2)
+    saved = load_checkpoint(tmp_path / "cut" / INTERRUPTED)
+    assert saved["epoch"] == 1 and saved["batches_done"] == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, dataset, tmp_path / "cut")
+    train(config, dataset, tmp_path / "cut", resume=True)
+    assert not (tmp_path / "cut" / INTERRUPTED).exists()
+    a, _ = load_z_pkl(tmp_path / "straight" / "z.3.pkl")
+    b, _ = load_z_pkl(tmp_path / "cut" / "z.3.pkl")
+    np.testing.assert_array_equal(a, b)
