@@ -214,3 +214,132 @@ def test_ctrl_c_saves_the_current_state_and_resume_is_exact(data, tmp_path):
     a, _ = load_z_pkl(tmp_path / "straight" / "z.3.pkl")
     b, _ = load_z_pkl(tmp_path / "cut" / "z.3.pkl")
     np.testing.assert_array_equal(a, b)
+
+
+def test_out_of_memory_message_keeps_checkpoint(data, tmp_path, monkeypatch):
+    """Case 14: an out-of-memory error becomes advice (smaller batch / lazy), checkpoint intact."""
+    import cryonoo.train.trainer as trainer_mod
+
+    run = tmp_path / "oom"
+    args = [
+        "train",
+        str(data.root),
+        "-o",
+        str(run),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "1",
+        "--enc-dim",
+        "8",
+        "--dec-dim",
+        "8",
+        "--zdim",
+        "2",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (run / "weights.1.pt").read_bytes()
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_mod, "encode_dataset", out_of_memory)
+    result = runner.invoke(app, [*args[:7], "2", *args[8:], "--resume"])
+    assert result.exit_code == 2
+    assert "--batch-size" in result.output and "--resume" in result.output
+    assert (run / "weights.1.pt").read_bytes() == before
+
+
+def test_encode_streams_a_large_stack_in_bounded_memory(data, tmp_path):
+    """Case 15: encoding a stack streams it: peak memory grows far less than the stack's size."""
+    import mrcfile
+
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(data.root),
+        "-o",
+        str(run),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "1",
+        "--enc-dim",
+        "8",
+        "--dec-dim",
+        "8",
+        "--zdim",
+        "2",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    n, box = 100_000, 16  # 100 MB of float32 images
+    stack = tmp_path / "big.mrcs"
+    with mrcfile.new_mmap(stack, shape=(n, box, box), mrc_mode=2) as mrc:
+        mrc.set_image_stack()
+        base = mrcfile.read(data.particles)
+        for start in range(0, n, base.shape[0]):
+            stop = min(n, start + base.shape[0])
+            mrc.data[start:stop] = base[: stop - start]
+    script = (
+        "import resource, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cryonoo.cli import app\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"r = CliRunner().invoke(app, ['encode', {str(run)!r}, {str(stack)!r}, '-o',"
+        f" {str(tmp_path / 'z.pkl')!r}, '-b', '4096', '--device', 'cpu'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert growth < 0.5 * n * box * box * 4, f"peak RSS grew by {growth / 1e6:.0f} MB"
+    assert load_z_pkl(tmp_path / "z.pkl")[0].shape == (n, 2)
+
+
+def test_disk_full_while_saving_keeps_previous_checkpoint(data, tmp_path, monkeypatch):
+    """Case 2 (while saving): ENOSPC during a checkpoint write names the path; the previous
+    checkpoint stays intact and no partial file is left under a final name."""
+    import errno
+
+    import cryonoo.train.trainer as trainer_mod
+    from cryonoo.io.atomic import atomic_path
+
+    run = tmp_path / "full"
+    args = [
+        "train",
+        str(data.root),
+        "-o",
+        str(run),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "1",
+        "--enc-dim",
+        "8",
+        "--dec-dim",
+        "8",
+        "--zdim",
+        "2",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (run / "weights.1.pt").read_bytes()
+
+    def full_disk(path, state):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", full_disk)
+    result = runner.invoke(app, [*args[:7], "2", *args[8:], "--resume"])
+    assert result.exit_code == 2
+    assert "weights.2.pt" in result.output and "No space left" in result.output
+    assert (run / "weights.1.pt").read_bytes() == before
+    assert not (run / "weights.2.pt").exists()
+    assert not list(run.glob(".weights.2.pt.*"))  # the temporary file is removed
