@@ -10,8 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from cryonoo.data.phantoms import PHANTOMS
-from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.io.cryodrgn import load_z_pkl
 from cryonoo.train.distributed import DistInfo, ShardedBatchSampler
 
@@ -45,12 +43,7 @@ def test_shards_cover_every_particle_once():
     assert tiny == [[1, 3]]  # a batch smaller than the world is skipped on every rank
 
 
-def test_torchrun_two_processes(tmp_path):
-    data = simulate_phantom(
-        tmp_path / "data",
-        PHANTOMS.build("igg-1d", n_conformations=4),
-        SimulationConfig(box=16, n_images=96, oversample=1, snr=1.0),
-    )
+def test_torchrun_two_processes(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,

@@ -19,8 +19,6 @@ import torch
 from typer.testing import CliRunner
 
 from cryonoo.cli import app
-from cryonoo.data.phantoms import PHANTOMS
-from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.io.cryodrgn import load_z_pkl
 from cryonoo.io.dataset import open_dataset
 from cryonoo.models.vae import HetVAE
@@ -41,12 +39,26 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    cfg = SimulationConfig(box=16, n_images=96, snr=1.0, seed=0, oversample=1)
-    return simulate_phantom(
-        tmp_path_factory.mktemp("data"), PHANTOMS.build("igg-1d", n_conformations=4), cfg
-    )
+def _one_epoch_run(data, run):
+    """Train one epoch of a tiny model with the CLI; returns (run, args, checkpoint bytes)."""
+    args = [
+        "train",
+        str(data.root),
+        "-o",
+        str(run),
+        "--recipe",
+        "cryodrgn",
+        "-n",
+        "1",
+        "--enc-dim",
+        "8",
+        "--dec-dim",
+        "8",
+        "--zdim",
+        "2",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    return run, args, (run / "weights.1.pt").read_bytes()
 
 
 def test_sigkill_mid_run_then_resume(data, tmp_path):
@@ -220,25 +232,7 @@ def test_out_of_memory_message_keeps_checkpoint(data, tmp_path, monkeypatch):
     """Case 14: an out-of-memory error becomes advice (smaller batch / lazy), checkpoint intact."""
     import cryonoo.train.trainer as trainer_mod
 
-    run = tmp_path / "oom"
-    args = [
-        "train",
-        str(data.root),
-        "-o",
-        str(run),
-        "--recipe",
-        "cryodrgn",
-        "-n",
-        "1",
-        "--enc-dim",
-        "8",
-        "--dec-dim",
-        "8",
-        "--zdim",
-        "2",
-    ]
-    assert runner.invoke(app, args).exit_code == 0
-    before = (run / "weights.1.pt").read_bytes()
+    run, args, before = _one_epoch_run(data, tmp_path / "oom")
 
     def out_of_memory(*_args, **_kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -254,24 +248,7 @@ def test_encode_streams_a_large_stack_in_bounded_memory(data, tmp_path):
     """Case 15: encoding a stack streams it: peak memory grows far less than the stack's size."""
     import mrcfile
 
-    run = tmp_path / "run"
-    args = [
-        "train",
-        str(data.root),
-        "-o",
-        str(run),
-        "--recipe",
-        "cryodrgn",
-        "-n",
-        "1",
-        "--enc-dim",
-        "8",
-        "--dec-dim",
-        "8",
-        "--zdim",
-        "2",
-    ]
-    assert runner.invoke(app, args).exit_code == 0
+    run, _, _ = _one_epoch_run(data, tmp_path / "run")
     n, box = 100_000, 16  # 100 MB of float32 images
     stack = tmp_path / "big.mrcs"
     with mrcfile.new_mmap(stack, shape=(n, box, box), mrc_mode=2) as mrc:
@@ -311,25 +288,7 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data, tmp_path, monkey
     import cryonoo.train.trainer as trainer_mod
     from cryonoo.io.atomic import atomic_path
 
-    run = tmp_path / "full"
-    args = [
-        "train",
-        str(data.root),
-        "-o",
-        str(run),
-        "--recipe",
-        "cryodrgn",
-        "-n",
-        "1",
-        "--enc-dim",
-        "8",
-        "--dec-dim",
-        "8",
-        "--zdim",
-        "2",
-    ]
-    assert runner.invoke(app, args).exit_code == 0
-    before = (run / "weights.1.pt").read_bytes()
+    run, args, before = _one_epoch_run(data, tmp_path / "full")
 
     def full_disk(path, state):
         with atomic_path(path) as tmp:

@@ -33,14 +33,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    cfg = SimulationConfig(box=16, n_images=96, snr=1.0, seed=0, oversample=1)
-    return simulate_phantom(
-        tmp_path_factory.mktemp("data"), PHANTOMS.build("igg-1d", n_conformations=4), cfg
-    )
-
-
 def _config(name: str = "cryonoo", **kw) -> TrainConfig:
     return replace(get_recipe(name), **{**SMALL, **kw})
 
