@@ -192,6 +192,7 @@ def test_load_run_rebuilds_model(data, tmp_path):
         load_run(run, epoch=7)
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values:RuntimeWarning")
 def test_bad_particles_are_named_and_can_be_dropped(data, tmp_path):
     """A NaN image stops training with its index; --drop-bad leaves it (and a blank one) out."""
     from cryonoo.io.mrc import ParticleFileError, write_mrc
