@@ -8,7 +8,7 @@ Afterwards, per batch of ``B`` images::
     step        = model.training_step(batch)                 # loss, z0 = step.z, step.render
     views, ctf  = augmenter(batch, model, step, generator)   # (J, B, D, D), (B, 8) | None
     z_views     = model.encode(views.reshape(J·B, D, D), ctf.repeat(J, 1))   # ONE encoder call
-    ssl         = Σ_j objective(z0, z_views[j])["loss"]
+    ssl         = Σ_j objective(z0, z_views[j])["loss"]   # z0 through the heads once
     loss        = step.loss + weight · ssl
 
 With the defaults (``vicreg`` objective, ``reproject-noise`` augmenter, weight 0.3, 10 warm-up
@@ -230,8 +230,7 @@ class SelfDistillation(nn.Module):
         target = step.z.detach() if self.detach_target else step.z
         total: Tensor | None = None
         sums: dict[str, Tensor] = {}
-        for j in range(n_views):  # J is small (1–3); each call is batched over images
-            out = self.objective(target, z_views[j])
+        for out in self._score_views(target, z_views):
             total = out["loss"] if total is None else total + out["loss"]
             for key, value in out.items():
                 if key != "loss":
@@ -244,6 +243,14 @@ class SelfDistillation(nn.Module):
         terms.setdefault("ssl/skipped", torch.zeros((), device=total.device))
         loss = step.loss + self.weight * total
         return StepOutput(loss=loss, z=step.z, terms=terms, render=step.render)
+
+    def _score_views(self, target: Tensor, z_views: Tensor) -> list[dict[str, Tensor]]:
+        """``objective(z0, z_j)`` for every view; the anchor is embedded once when the
+        objective offers ``forward_views`` (every registered one does)."""
+        many = getattr(self.objective, "forward_views", None)
+        if callable(many):
+            return many(target, z_views)
+        return [self.objective(target, z_j) for z_j in z_views]  # J is small (1–3)
 
     def extra_repr(self) -> str:
         return (

@@ -11,6 +11,10 @@ Each entry of :data:`SSL` is an ``nn.Module`` built as ``factory(in_dim, head=�
   statistics of its own view.
 * A batch with fewer than 2 samples cannot give batch statistics: the objective returns a zero
   loss with ``skipped = 1`` (and logs the reason once) instead of raising.
+* ``forward_views(z_a, z_views)`` scores one anchor batch against ``J`` view batches and runs
+  the anchor through the heads **once** (J + 1 head passes instead of 2J); the results equal
+  ``[forward(z_a, z_views[j]) for j in range(J)]``. Each objective therefore splits into
+  ``_embed`` (latent → head outputs) and ``_pair`` (two embeddings → terms).
 * Non-loss entries (``std``, ``skipped``) are detached; the terms are returned with their graph
   so callers may reweight them, and ``loss`` is differentiable.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,13 +60,31 @@ SSL: Registry = Registry("ssl objective")
 
 
 class _Objective(nn.Module):
-    """Common machinery: shape checks, float32 region, small-batch skip."""
+    """Common machinery: shape checks, float32 region, small-batch skip, shared anchor."""
 
     _warned_small_batch = False
     term_names: Sequence[str] = ()
 
-    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+    def _embed(self, z: Tensor) -> Any:
+        """``(B, in_dim)`` latents → what :meth:`_pair` consumes (the head outputs)."""
         raise NotImplementedError
+
+    def _pair(self, e_a: Any, e_b: Any) -> dict[str, Tensor]:
+        """Two embeddings → ``{"loss", <terms>, "std"}``."""
+        raise NotImplementedError
+
+    def _skipped(self, n: int, device: torch.device) -> dict[str, Tensor]:
+        if not _Objective._warned_small_batch:
+            logger.warning(
+                "%s skipped on a batch of %d sample(s): batch statistics need at least 2 "
+                "(use drop_last=True); further skips are not logged",
+                type(self).__name__,
+                n,
+            )
+            _Objective._warned_small_batch = True
+        zero = torch.zeros((), device=device)
+        out = {"loss": zero, **dict.fromkeys(self.term_names, zero)}
+        return {**out, "std": zero, "skipped": torch.ones((), device=device)}
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
         """``(B, in_dim)``, ``(B, in_dim)`` → ``{"loss", <terms>, "std", "skipped"}``."""
@@ -70,23 +93,26 @@ class _Objective(nn.Module):
                 f"expected two (B, d) latents of equal shape, got {tuple(z_a.shape)} and "
                 f"{tuple(z_b.shape)}"
             )
+        return self.forward_views(z_a, z_b.unsqueeze(0))[0]
+
+    def forward_views(self, z_a: Tensor, z_views: Tensor) -> list[dict[str, Tensor]]:
+        """``(B, in_dim)`` anchor and ``(J, B, in_dim)`` views → one result dict per view."""
+        if z_a.ndim != 2 or z_views.ndim != 3 or z_views.shape[1:] != z_a.shape:
+            raise ValueError(
+                f"expected a (B, d) anchor and (J, B, d) views, got {tuple(z_a.shape)} and "
+                f"{tuple(z_views.shape)}"
+            )
         device = z_a.device
         if z_a.shape[0] < 2:
-            if not _Objective._warned_small_batch:
-                logger.warning(
-                    "%s skipped on a batch of %d sample(s): batch statistics need at least 2 "
-                    "(use drop_last=True); further skips are not logged",
-                    type(self).__name__,
-                    z_a.shape[0],
-                )
-                _Objective._warned_small_batch = True
-            zero = torch.zeros((), device=device)
-            out = {"loss": zero, **dict.fromkeys(self.term_names, zero)}
-            return {**out, "std": zero, "skipped": torch.ones((), device=device)}
+            return [self._skipped(z_a.shape[0], device) for _ in range(z_views.shape[0])]
+        outs = []
         with full_precision(device):
-            out = self._terms(z_a.float(), z_b.float())
-        out["skipped"] = torch.zeros((), device=device)
-        return out
+            e_a = self._embed(z_a.float())
+            for z_b in z_views.float():  # J is small (1–3); each pass is batched over samples
+                out = self._pair(e_a, self._embed(z_b))
+                out["skipped"] = torch.zeros((), device=device)
+                outs.append(out)
+        return outs
 
 
 @SSL.register("vicreg")
@@ -124,8 +150,10 @@ class VICRegObjective(_Objective):
         self.weights = {"inv": float(inv), "var": float(var), "cov": float(cov)}
         self.gamma, self.eps = float(gamma), float(eps)
 
-    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
-        h_a, h_b = self.head(z_a), self.head(z_b)
+    def _embed(self, z: Tensor) -> Tensor:
+        return self.head(z)
+
+    def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         t = vicreg_terms(h_a, h_b, gamma=self.gamma, eps=self.eps)
         loss = sum(self.weights[k] * t[k] for k in self.term_names)
         return {"loss": loss, **t, "std": collapse_std(h_a)}
@@ -141,8 +169,10 @@ class InvarianceObjective(_Objective):
         super().__init__()
         self.head = build_head(head, in_dim)
 
-    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
-        h_a, h_b = self.head(z_a), self.head(z_b)
+    def _embed(self, z: Tensor) -> Tensor:
+        return self.head(z)
+
+    def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         inv = invariance_loss(h_a, h_b)
         return {"loss": inv, "inv": inv, "std": collapse_std(h_a)}
 
@@ -174,9 +204,12 @@ class SimSiamObjective(_Objective):
         else:
             self.predictor = simsiam_predictor(out_dim, predictor)
 
-    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
-        h_a, h_b = self.projector(z_a), self.projector(z_b)
-        p_a, p_b = self.predictor(h_a), self.predictor(h_b)
+    def _embed(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.projector(z)
+        return h, self.predictor(h)
+
+    def _pair(self, e_a: tuple[Tensor, Tensor], e_b: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        (h_a, p_a), (h_b, p_b) = e_a, e_b
         loss = simsiam_loss(p_a, p_b, h_a, h_b)
         return {"loss": loss, "neg_cos": loss, "std": collapse_std(h_a)}
 
@@ -194,7 +227,9 @@ class BarlowTwinsObjective(_Objective):
         self.head = build_head(head, in_dim)
         self.lambd = float(lambd)
 
-    def _terms(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
-        h_a, h_b = self.head(z_a), self.head(z_b)
+    def _embed(self, z: Tensor) -> Tensor:
+        return self.head(z)
+
+    def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         loss = barlow_twins_loss(h_a, h_b, lambd=self.lambd)
         return {"loss": loss, "barlow": loss, "std": collapse_std(h_a)}
