@@ -15,6 +15,7 @@ _REGISTRY_MODULES: tuple[tuple[str, str], ...] = (
     ("POSITIONAL", "cryonoo.models.positional"),
     ("ENCODERS", "cryonoo.models.encoders"),
     ("DECODERS", "cryonoo.models.decoders"),
+    ("MODELS", "cryonoo.models.zoo"),
     ("HEADS", "cryonoo.ssl.heads"),
     ("SSL", "cryonoo.ssl.objectives"),
     ("AUGMENTERS", "cryonoo.ssl.augment"),

@@ -44,8 +44,9 @@ def _run_training(
     force: bool,
     datadir: Path | None,
     drop_bad: bool = False,
+    init_from: Path | None = None,
 ) -> None:
-    """Shared body of ``train`` and ``ablate``."""
+    """Shared body of ``train`` and ``ablate`` (``init_from``: a cryoDRGN run to start from)."""
     import numpy as np
 
     from cryonoo.io.dataset import Preprocessing, open_dataset
@@ -57,6 +58,13 @@ def _run_training(
     if resume and checkpoint_epochs(outdir):
         norm_std = read_run_config(outdir)["data"]["norm_std"]
         done_epochs = checkpoint_epochs(outdir)[-1]
+    elif init_from is not None:  # the cryoDRGN run's normalization, which its weights expect
+        from cryonoo.io.cryodrgn_model import cryodrgn_norm_std, read_cryodrgn_config
+
+        try:
+            norm_std = cryodrgn_norm_std(read_cryodrgn_config(init_from), init_from)
+        except (ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
     try:
         dataset = open_dataset(
             particles,
@@ -85,7 +93,14 @@ def _run_training(
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 reports
         try:
             train(
-                config, dataset, outdir, device=device, resume=resume, force=force, data_info=info
+                config,
+                dataset,
+                outdir,
+                device=device,
+                resume=resume,
+                force=force,
+                data_info=info,
+                init_from=init_from,
             )
         except (FileExistsError, ValueError, NonFiniteLossError) as exc:
             _fail(str(exc))
@@ -120,6 +135,7 @@ def _run_training(
                 force=force,
                 data_info=info,
                 on_step=on_step,
+                init_from=init_from,
             )
         except (FileExistsError, ValueError) as exc:
             _fail(str(exc))
@@ -163,6 +179,45 @@ def _run_training(
 
 _PARTICLES = typer.Argument(help="Stack (.mrcs/.txt/.star/.cs) or a dataset directory.")
 _OUT = typer.Option("-o", "--outdir", help="Run directory for checkpoints, latents, stats.")
+
+
+def _start_from_cryodrgn(config, run_dir: Path, given: dict):
+    """``config`` with a cryoDRGN run's architecture and preprocessing (``given``: the flags
+    passed, which must agree) and, unless ``--warmup`` was given, SSL from epoch 0."""
+    from dataclasses import replace
+
+    from cryonoo.io.cryodrgn_model import (
+        CONFIG_KEYS,
+        cryodrgn_checkpoints,
+        model_kwargs_from_config,
+        read_cryodrgn_config,
+        train_fields_from_kwargs,
+    )
+
+    cfg = read_cryodrgn_config(run_dir)
+    if not (run_dir / "weights.pkl").is_file() and not cryodrgn_checkpoints(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no weights.pkl or weights.N.pkl (cryoDRGN runs)")
+    arch = train_fields_from_kwargs(model_kwargs_from_config(cfg, run_dir / "config.yaml"))
+    differ = [
+        f"--{k.replace('_', '-')} {given[k]} (checkpoint: {arch[k]}, {CONFIG_KEYS[k]})"
+        for k in arch
+        if given.get(k) is not None and given[k] != arch[k]
+    ]
+    if differ:
+        raise ValueError(
+            f"--init-from-cryodrgn {run_dir}: architecture flags differ from the checkpoint: "
+            f"{'; '.join(differ)}; drop them or give the checkpoint's values"
+        )
+    data = cfg.get("dataset_args") or {}
+    changes = {
+        **arch,
+        "invert": bool(data.get("invert_data", True)),
+        "window": bool(data.get("window", True)),
+        "window_r": float(data.get("window_r", 0.85)),
+    }
+    if given.get("warmup_epochs") is None:
+        changes["warmup_epochs"] = 0  # the cryoDRGN run was the warm-up
+    return replace(config, **changes)
 
 
 @app.command("train")
@@ -215,12 +270,22 @@ def train_command(
     num_workers: Annotated[
         int, typer.Option(help="DataLoader worker processes reading and preprocessing batches.")
     ] = 0,
+    init_from_cryodrgn: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from-cryodrgn",
+            help="A `cryodrgn train_vae` directory: start from its weights.pkl, with its "
+            "architecture and preprocessing; SSL from epoch 0 unless --warmup is given.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model (default: the CryoNOO recipe) on particles with known poses and CTF.
 
     PARTICLES may be a dataset directory from `cryonoo simulate`; then poses and CTF are found
     there and training uses its 'train' split (override with --ind test/all or a file).
     Outputs: OUTDIR/config.json, stats.jsonl, weights.N.pt and z.N.pkl (cryoDRGN layout).
+    With --init-from-cryodrgn DIR the run starts from that cryoDRGN model (the paper's warm-up
+    is such a run); architecture flags that are given must equal the checkpoint's.
     """
     from dataclasses import replace
 
@@ -250,7 +315,9 @@ def train_command(
             config = replace(config, skip_nonfinite=True)
         if num_workers:
             config = replace(config, num_workers=num_workers)
-    except (KeyError, ValueError) as exc:
+        if init_from_cryodrgn is not None:
+            config = _start_from_cryodrgn(config, init_from_cryodrgn, overrides)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _run_training(
         config,
@@ -264,6 +331,7 @@ def train_command(
         force,
         datadir,
         drop_bad,
+        init_from=init_from_cryodrgn,
     )
 
 
@@ -360,11 +428,26 @@ def encode(
     batch_size: Annotated[int, typer.Option("-b", "--batch-size")] = 1024,
     device: Annotated[str, typer.Option()] = "auto",
     datadir: Annotated[Path | None, typer.Option()] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="amortized (one encoder pass) or autodecode (test-time optimization of each "
+            "latent; autodecoder runs, needs poses)."
+        ),
+    ] = "amortized",
+    steps: Annotated[
+        int | None, typer.Option(help="autodecode: Adam steps per batch (default: the model's).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="autodecode: Adam learning rate (default: the model's).")
+    ] = None,
 ) -> None:
-    """Amortized inference: latents for any particle stack in one encoder pass (no training).
+    """Latents for any particle stack: amortized (one encoder pass, no training) by default.
 
     The particles are preprocessed exactly as the training data were (same normalization,
-    inversion and window) and streamed from disk in batches.
+    inversion and window) and streamed from disk in batches. An autodecoder run has no encoder:
+    use --method autodecode, which optimizes every latent against the frozen decoder at the
+    particle's pose (--steps Adam steps), so it needs poses.
     """
     import time
 
@@ -372,12 +455,16 @@ def encode(
 
     from cryonoo.io.cryodrgn import save_z_pkl
     from cryonoo.io.dataset import Preprocessing, open_dataset
+    from cryonoo.train.inference import check_method, infer_latents
     from cryonoo.train.run import load_run
-    from cryonoo.train.trainer import encode_dataset, resolve_device
+    from cryonoo.train.trainer import resolve_device
 
     try:
         dev = resolve_device(device)
         run = load_run(run_dir, epoch, dev)
+        check_method(run.model, method)
+        if steps is not None and steps < 1:
+            raise ValueError(f"--steps must be ≥ 1, got {steps}")
         cfg = run.train
         dataset = open_dataset(
             particles,
@@ -390,7 +477,7 @@ def encode(
                 invert=cfg.invert, window=cfg.window, window_inner=cfg.window_r
             ),
             norm_std=run.norm_std,
-            require_poses=False,
+            require_poses=method == "autodecode",
         )
         if dataset.D != run.model.D:
             box = run.model.D - 1
@@ -401,12 +488,15 @@ def encode(
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
     t0 = time.perf_counter()
-    mu, logvar = encode_dataset(run.model, dataset, dev, batch_size=batch_size)
+    mu, logvar = infer_latents(
+        run.model, dataset, dev, method, batch_size=batch_size, steps=steps, lr=lr
+    )
     elapsed = time.perf_counter() - t0
     save_z_pkl(output, mu, logvar)
     rate = len(mu) / max(elapsed, 1e-9)
+    how = method if method == "amortized" else f"autodecode, {steps or run.model.fit_steps} steps"
     console.print(
-        f"{len(mu):,} latents (zdim {mu.shape[1]}) → {output} in {elapsed:.1f} s "
+        f"{len(mu):,} latents (zdim {mu.shape[1]}, {how}) → {output} in {elapsed:.1f} s "
         f"({rate:,.0f} images/s); mean |z| {np.linalg.norm(mu, axis=1).mean():.3f}"
     )
 
@@ -476,3 +566,68 @@ def volumes(
             vol = run.model.volume(torch.from_numpy(row).to(dev), norm_std=run.norm_std)
             write_mrc(outdir / f"vol_{i:03d}.mrc", vol.float().cpu().numpy(), voxel_size=voxel)
     console.print(f"{len(lat)} maps ({run.model.D - 1}³, {voxel:.4g} Å) → {outdir}")
+
+
+@app.command("export-cryodrgn")
+def export_cryodrgn(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of a trained model.")],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="cryoDRGN directory to write.")],
+    epoch: Annotated[int | None, typer.Option(help="Checkpoint epoch (default: newest).")] = None,
+) -> None:
+    """Write a run as a cryoDRGN 4.x training directory (config.yaml, weights.N.pkl, z.N.pkl).
+
+    Then `cryodrgn analyze OUTDIR N` and `cryodrgn eval_vol OUTDIR/weights.N.pkl -c
+    OUTDIR/config.yaml` work on it. Only cryoDRGN's architecture (residual-MLP encoder, Fourier
+    decoder) can be exported.
+    """
+    import json
+
+    from cryonoo.io.cryodrgn import load_z_pkl
+    from cryonoo.io.cryodrgn_model import save_cryodrgn_run
+    from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
+    from cryonoo.models.vae import HetVAE
+    from cryonoo.train.run import load_run
+
+    try:
+        run = load_run(run_dir, epoch, "cpu")
+        if not isinstance(run.model, HetVAE):
+            raise ValueError(f"{run_dir}: only VAE runs can be exported to cryoDRGN")
+        z_path = run.run_dir / f"z.{run.epoch}.pkl"
+        mu, logvar = load_z_pkl(z_path) if z_path.is_file() else (None, None)
+        stats = run.run_dir / "stats.jsonl"
+        lines = stats.read_text().splitlines() if stats.is_file() else []
+        history = [json.loads(line) for line in lines if line.strip()]
+        cfg, data = run.train, run.data
+
+        files = {
+            key: None if data.get(key) in (None, "None") else Path(data[key]).resolve()
+            for key in ("particles", "poses", "ctf")
+        }
+        if files["particles"] is not None and is_dataset_dir(files["particles"]):
+            found = load_dataset_dir(files["particles"])
+            ctf = found.ctf if found.ctf.is_file() else None
+            files = {"particles": found.particles, "poses": found.poses, "ctf": ctf, **{
+                k: v for k, v in files.items() if k != "particles" and v is not None
+            }}  # fmt: skip
+        save_cryodrgn_run(
+            run.model,
+            outdir,
+            epoch=run.epoch,
+            norm_std=run.norm_std,
+            z=mu,
+            logvar=logvar,
+            history=[r for r in history if r.get("epoch", 0) <= run.epoch],
+            dataset_args={
+                **{k: None if v is None else str(v) for k, v in files.items()},
+                "invert_data": cfg.invert,
+                "window": cfg.window,
+                "window_r": cfg.window_r,
+            },
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    z_note = f", z.{run.epoch}.pkl" if mu is not None else ""
+    console.print(
+        f"{run.run_dir} epoch {run.epoch} → {outdir} (config.yaml, weights.{run.epoch}.pkl"
+        f"{z_note}); next: cryodrgn analyze {outdir} {run.epoch}"
+    )

@@ -22,10 +22,17 @@ from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.eval.report import evaluate_run
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import open_dataset
-from cryonoo.train.recipes import get_recipe
+from cryonoo.train.recipes import TrainConfig, get_recipe
 from cryonoo.train.trainer import train
 
-__all__ = ["BenchmarkConfig", "format_tables", "run_benchmark", "summarize_seeds"]
+__all__ = [
+    "BenchmarkConfig",
+    "benchmark_recipe",
+    "format_tables",
+    "run_benchmark",
+    "simulate_dataset",
+    "summarize_seeds",
+]
 
 Log = Callable[[str], None]
 StepHook = Callable[[dict[str, Any]], None]
@@ -55,6 +62,37 @@ class BenchmarkConfig:
         return self.epochs // 4 if self.warmup_epochs is None else self.warmup_epochs
 
 
+def simulate_dataset(
+    data_dir: str | os.PathLike[str], config: BenchmarkConfig, seed: int, log: Log | None = None
+) -> Path:
+    """Simulate ``config``'s phantom dataset into ``data_dir`` unless it is already there."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "config.json").is_file():
+        if log is not None:
+            log(f"simulating {config.phantom} ({config.n_images:,} images, seed {seed})")
+        # None keeps the phantom's own count (discrete phantoms have a fixed one)
+        phantom = PHANTOMS.build(config.phantom, n_conformations=config.n_conformations)
+        sim = SimulationConfig(box=config.box, n_images=config.n_images, snr=config.snr, seed=seed)
+        simulate_phantom(data_dir, phantom, sim)
+    return data_dir
+
+
+def benchmark_recipe(name: str, config: BenchmarkConfig, seed: int) -> TrainConfig:
+    """Recipe ``name`` at the benchmark's scale (epochs, widths, batch size) and ``seed``."""
+    return replace(
+        get_recipe(name),
+        epochs=config.epochs,
+        warmup_epochs=config.warmup,
+        zdim=config.zdim,
+        enc_layers=config.enc_layers,
+        enc_dim=config.enc_dim,
+        dec_layers=config.dec_layers,
+        dec_dim=config.dec_dim,
+        batch_size=config.batch_size,
+        seed=seed,
+    )
+
+
 def run_benchmark(
     outdir: str | os.PathLike[str],
     recipes: Sequence[str],
@@ -74,30 +112,11 @@ def run_benchmark(
     PHANTOMS.get(config.phantom)
     results: dict[str, Any] = {}
     for seed in seeds:
-        data_dir = root / f"data_seed{seed}"
-        if not (data_dir / "config.json").is_file():
-            say(f"simulating {config.phantom} ({config.n_images:,} images, seed {seed})")
-            # None keeps the phantom's own count (discrete phantoms have a fixed one)
-            phantom = PHANTOMS.build(config.phantom, n_conformations=config.n_conformations)
-            sim = SimulationConfig(
-                box=config.box, n_images=config.n_images, snr=config.snr, seed=seed
-            )
-            simulate_phantom(data_dir, phantom, sim)
+        data_dir = simulate_dataset(root / f"data_seed{seed}", config, seed, say)
         dataset = open_dataset(data_dir, ind="train")
         per_seed: dict[str, Any] = {}
         for name in recipes:
-            recipe = replace(
-                get_recipe(name),
-                epochs=config.epochs,
-                warmup_epochs=config.warmup,
-                zdim=config.zdim,
-                enc_layers=config.enc_layers,
-                enc_dim=config.enc_dim,
-                dec_layers=config.dec_layers,
-                dec_dim=config.dec_dim,
-                batch_size=config.batch_size,
-                seed=seed,
-            )
+            recipe = benchmark_recipe(name, config, seed)
             run_dir = root / f"{name}_seed{seed}"
             say(f"training {name} (seed {seed}) → {run_dir}")
             resume = (run_dir / "config.json").is_file()

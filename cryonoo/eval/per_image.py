@@ -112,6 +112,7 @@ def per_image_fsc(
     seed: int = 0,
     device: torch.device | str = "cpu",
     chunk: int = 8,
+    latents: np.ndarray | Tensor | None = None,
 ) -> PerImageFSC:
     """Per-image FSC of ``model`` on ``dataset`` (see the module docstring).
 
@@ -127,6 +128,10 @@ def per_image_fsc(
         ``(K, n, n, n)`` ground-truth maps indexed by label.
     norm_std:
         The training data's normalization (the decoded map is un-normalized with it).
+    latents:
+        ``(len(dataset), zdim)`` latents of the split in dataset order, used instead of
+        ``model.encode`` (e.g. fitted by an autodecoder's test-time optimization); then
+        ``model`` needs only ``volume``.
     """
     labels = np.asarray(labels)
     split_labels = labels[dataset.indices]
@@ -138,8 +143,17 @@ def per_image_fsc(
         )
     classes, positions = pick_one_per_label(split_labels, seed=seed)
     model.eval()
-    batch = dataset[positions].to(device)
-    z = model.encode(batch.images, batch.ctf, batch.trans)
+    if latents is not None:
+        if len(latents) != len(dataset):
+            raise ValueError(
+                f"latents must have one row per image of the split ({len(dataset)}), "
+                f"got {len(latents)}"
+            )
+        rows = torch.as_tensor(latents, dtype=torch.float32)[torch.from_numpy(positions)]
+        z = rows.to(device)
+    else:
+        batch = dataset[positions].to(device)
+        z = model.encode(batch.images, batch.ctf, batch.trans)
     curves, aucs, clips = [], [], []
     freq = None
     for start in range(0, len(classes), chunk):

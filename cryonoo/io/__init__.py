@@ -14,6 +14,8 @@ Modules
 ``star``       :func:`read_star`, :func:`star_poses`, :func:`star_ctf`, :func:`write_star`.
 ``cryosparc``  :func:`read_cs`, :func:`cs_poses`, :func:`cs_ctf`.
 ``cryodrgn``   pose/CTF/latent/index pickles.
+``cryodrgn_model``  cryoDRGN ``train_vae`` directories ↔ ``HetVAE`` (not imported here: it is the
+               one module that builds a model).
 """
 
 from cryonoo.io.atomic import atomic_path, atomic_write

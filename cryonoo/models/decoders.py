@@ -14,10 +14,11 @@ Conventions (cryoDRGN's; pinned by ``tests/unit/test_models_*.py``):
 * ``hartley`` (cryoDRGN's ``PositionalDecoder``): ``[PE(k), z] → H`` directly, every point
   evaluated, no symmetry enforced.
 * ``volume(z, D, norm_std)`` evaluates the spectrum on the ``D³`` lattice inside the sphere
-  ``|k| ≤ 0.5`` (zero outside; the ``kz = 0`` plane through ``forward``, as in training and in
-  cryoDRGN's ``eval_volume``), multiplies by ``norm_std``, drops the last slab of every axis and
-  applies the inverse centered 3-D Hartley transform: a real ``(box, box, box)`` map indexed
-  ``[z, y, x]`` with cryoDRGN's handedness (no flip needed).
+  ``|k| ≤ 0.5`` (tested in float32 as cryoDRGN does; zero outside; the ``kz = 0`` plane through
+  ``forward``, as in training and in cryoDRGN's ``eval_volume``), multiplies by ``norm_std``,
+  drops the last slab of every axis and applies the inverse centered 3-D Hartley transform: a
+  real ``(box, box, box)`` map indexed ``[z, y, x]`` with cryoDRGN's handedness (no flip needed).
+  For the ``fourier`` decoder the map equals cryoDRGN's ``eval_vol`` (``docs/interop.md``).
 
 Checkpoint mapping from cryoDRGN: ``decoder.decoder.*`` → ``decoder.mlp.*`` and
 ``decoder.rand_freqs`` → ``decoder.pe.rand_freqs``.
@@ -112,10 +113,14 @@ class _ImplicitDecoder(nn.Module):
             if z.ndim != 2 or z.shape[0] != 1:
                 raise ValueError(f"z must be (zdim,) or (1, zdim) for one volume, got {z.shape}")
         device = next(self.parameters()).device
-        axis = torch.linspace(-0.5, 0.5, D, dtype=torch.float64, device=device)
+        # (i − D//2)/(D − 1): the centre is exactly 0 (torch.linspace gives ~7e-16 there, which
+        # would send the kz = 0 plane through the kz > 0 branch) and ±k are exact negatives
+        axis = (torch.arange(D, dtype=torch.float64, device=device) - D // 2) / (D - 1)
         kz, ky, kx = torch.meshgrid(axis, axis, axis, indexing="ij")
         grid = torch.stack([kx, ky, kz], dim=-1).reshape(-1, 3)  # (D³, 3), x fastest
-        keep = grid.pow(2).sum(-1) <= 0.25 * (1 + 1e-6)
+        # the sphere test in float32, as cryoDRGN's eval_volume: the points lying exactly on
+        # |k| = 0.5 are kept or dropped by the same rounding (e.g. (8, 8, 4)/24 are dropped)
+        keep = grid.to(torch.float32).pow(2).sum(-1) <= 0.25
         on_plane = torch.arange(D**3, device=device) // (D * D) == D // 2
         plane = keep & on_plane  # kz = 0: point symmetric, evaluated like training
         rest = keep & ~plane

@@ -3,8 +3,10 @@
 ``RECIPES["cryonoo"]`` is the method (VICReg self-distillation on re-noised re-projections,
 J = 3 views with noise factors 1, 2, 3, λ = 0.3, warm-up N = 10 epochs, expander 3 × 1024,
 ``ReduceLROnPlateau``); ``RECIPES["cryodrgn"]`` is the plain VAE baseline (cryoDRGN's
-``train_vae`` with batch size 64). Every other recipe changes one thing, mirroring the ablations
-(paper Tables 4, 6 and 7)::
+``train_vae`` with batch size 64); ``RECIPES["autodecoder"]`` is the ``cryodrgn`` recipe with an
+autodecoder (a learned latent per image, cryoDRGN-AI style) in place of the VAE, the baseline of
+amortized vs test-time inference (paper Table 2). Every other recipe changes one thing,
+mirroring the ablations (paper Tables 4, 6 and 7)::
 
     RECIPES["simsiam"] == replace(RECIPES["cryonoo"], name="simsiam", ssl="simsiam")
 
@@ -38,6 +40,9 @@ class TrainConfig:
     feat_sigma: float = 0.5
     activation: str = "relu"
     beta: float | None = None  # KL weight; None → 1/zdim
+    model: str = "vae"  # name in cryonoo.models.zoo.MODELS: "vae" or "autodecoder"
+    latent_lr: float = 1e-2  # autodecoder only: Adam learning rate of the per-image latents
+    latent_l2: float = 1e-3  # autodecoder only: weight of the |z|² prior on the latents
     # optimization
     epochs: int = 50
     batch_size: int = 64
@@ -85,6 +90,8 @@ class TrainConfig:
             "noise_factors": len(self.noise_factors) >= 1 and min(self.noise_factors) >= 0,
             "checkpoint_every": self.checkpoint_every >= 1,
             "enc_layers": self.enc_layers >= 0 and self.dec_layers >= 0,
+            "latent_lr": self.latent_lr > 0,
+            "latent_l2": self.latent_l2 >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -118,6 +125,7 @@ class TrainConfig:
     def model_fields(self) -> dict[str, Any]:
         """The settings that define the network architecture (must match to resume)."""
         keys = (
+            "model",
             "zdim",
             "encoder",
             "decoder",
@@ -137,6 +145,7 @@ class TrainConfig:
 
 _CRYONOO = TrainConfig()
 _CRYODRGN = replace(_CRYONOO, name="cryodrgn", ssl=None, lr_plateau=False)
+_AUTODECODER = replace(_CRYODRGN, name="autodecoder", model="autodecoder")
 
 
 def _arm(name: str, **changes: Any) -> TrainConfig:
@@ -146,6 +155,7 @@ def _arm(name: str, **changes: Any) -> TrainConfig:
 RECIPES: dict[str, TrainConfig] = {
     "cryonoo": _CRYONOO,
     "cryodrgn": _CRYODRGN,
+    "autodecoder": _AUTODECODER,
     "single-noise": _arm("single-noise", noise_factors=(1.0,)),
     "no-warmup": _arm("no-warmup", warmup_epochs=0),
     "warmup-5": _arm("warmup-5", warmup_epochs=5),

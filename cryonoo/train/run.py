@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
+from cryonoo.models.zoo import MODELS
 from cryonoo.train.checkpoint import checkpoint_epochs, load_checkpoint, read_run_config
 from cryonoo.train.recipes import TrainConfig
 
@@ -21,7 +23,7 @@ class TrainedRun:
     """A trained model with everything needed to use it on new particles."""
 
     run_dir: Path
-    model: HetVAE
+    model: HetVAE | AutoDecoder
     epoch: int
     train: TrainConfig
     data: dict[str, Any]
@@ -51,7 +53,8 @@ def load_run(
     if epoch not in epochs:
         raise ValueError(f"{root} has no checkpoint for epoch {epoch}; available: {epochs}")
     state = load_checkpoint(root / f"weights.{epoch}.pt", map_location="cpu")
-    model = HetVAE(**config["model"])
+    train = TrainConfig.from_dict(config["train"])
+    model = MODELS.get(train.model)(**config["model"])
     model.load_state_dict(state["vae"])
     model.to(device).eval()
-    return TrainedRun(root, model, epoch, TrainConfig.from_dict(config["train"]), config["data"])
+    return TrainedRun(root, model, epoch, train, config["data"])

@@ -1,10 +1,12 @@
 """The training loop: a plain function, no framework.
 
-``train(config, dataset, run_dir)`` builds the model named by the config (the VAE, wrapped in
-:class:`~cryonoo.ssl.distill.SelfDistillation` when the recipe has an SSL term), then for each
-epoch: shuffles with a seeded generator, runs ``training_step`` on every batch (autocast on CUDA),
-checks every loss term for NaN/Inf, steps Adam, and at the end of the epoch encodes all training
-particles (posterior means and log-variances, dataset order) and writes ``z.N.pkl``,
+``train(config, dataset, run_dir)`` builds the model named by the config (``MODELS[config.model]``:
+the VAE, wrapped in :class:`~cryonoo.ssl.distill.SelfDistillation` when the recipe has an SSL
+term, or the autodecoder), then for each epoch: shuffles with a seeded generator, runs
+``training_step`` on every batch (autocast on CUDA), checks every loss term for NaN/Inf, steps
+Adam (the autodecoder's latents at ``config.latent_lr``), and at the end of the epoch encodes all
+training particles (posterior means and log-variances, dataset order; the autodecoder's learned
+latent table) and writes ``z.N.pkl``,
 ``weights.N.pt`` (atomic) and a line of ``stats.jsonl``. ``resume=True`` continues from the newest
 checkpoint with the saved optimizer, scheduler and generator states, so an interrupted run loses
 at most the epoch in progress.
@@ -32,7 +34,10 @@ from torch import nn
 import cryonoo
 from cryonoo.io.cryodrgn import save_z_pkl
 from cryonoo.io.dataset import ParticleDataset, make_loader
+from cryonoo.models.autodecoder import AutoDecoder
+from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
+from cryonoo.models.zoo import MODELS, RECONSTRUCTION_MODELS
 from cryonoo.physics.noise import estimate_noise_sigma
 from cryonoo.ssl.distill import SelfDistillation
 from cryonoo.train.checkpoint import (
@@ -131,13 +136,21 @@ def estimate_data_sigma(dataset: ParticleDataset, max_images: int = 10_000) -> f
     return estimate_noise_sigma(images, batch_size=2048).sigma
 
 
-def build_model(config: TrainConfig, D: int, *, noise_sigma: float | None = None) -> nn.Module:
-    """The model of a recipe: a :class:`HetVAE`, wrapped for self-distillation if ``config.ssl``.
+def build_model(
+    config: TrainConfig, D: int, *, noise_sigma: float | None = None, n_images: int | None = None
+) -> nn.Module:
+    """The model of a recipe: ``MODELS[config.model]`` (a :class:`HetVAE` or an
+    :class:`AutoDecoder`), wrapped for self-distillation if ``config.ssl``.
 
-    ``noise_sigma`` is the augmentation σ in the data domain (``σ_raw / norm_std``).
+    ``noise_sigma`` is the augmentation σ in the data domain (``σ_raw / norm_std``);
+    ``n_images`` the number of training images (the autodecoder's latent table).
     """
-    vae = HetVAE(
-        D,
+    vae = build_component(
+        MODELS,
+        config.model,
+        D=D,
+        n_images=n_images,
+        latent_l2=config.latent_l2,
         zdim=config.zdim,
         encoder=config.encoder,
         decoder=config.decoder,
@@ -154,6 +167,11 @@ def build_model(config: TrainConfig, D: int, *, noise_sigma: float | None = None
     )
     if not config.uses_ssl:
         return vae
+    if not isinstance(vae, HetVAE):
+        raise ValueError(
+            f"recipe {config.name!r}: self-distillation needs an encoder, the {config.model!r} "
+            "model has none; set ssl=None (or --ssl none) for it"
+        )
     aug_kwargs: dict[str, Any] = {}
     if config.augment in _SIGMA_AUGMENTERS:
         if noise_sigma is None:
@@ -177,12 +195,12 @@ def build_model(config: TrainConfig, D: int, *, noise_sigma: float | None = None
     )
 
 
-def base_model(model: nn.Module) -> HetVAE:
+def base_model(model: nn.Module) -> HetVAE | AutoDecoder:
     """The reconstruction model inside a (possibly wrapped, possibly DDP) model."""
-    while not isinstance(model, HetVAE):
+    while not isinstance(model, RECONSTRUCTION_MODELS):
         inner = getattr(model, "module", None) or getattr(model, "model", None)
         if inner is None:
-            raise TypeError(f"no HetVAE inside {type(model).__name__}")
+            raise TypeError(f"no reconstruction model inside {type(model).__name__}")
         model = inner
     return model
 
@@ -192,6 +210,11 @@ def encode_dataset(
     model: HetVAE, dataset: ParticleDataset, device: torch.device, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior ``(mu, logvar)`` of every particle of ``dataset`` in dataset order."""
+    if isinstance(model, AutoDecoder):
+        raise ValueError(
+            "an autodecoder has no encoder to encode particles with: its latents are fitted "
+            "with the poses (cryonoo encode --method autodecode, cryonoo bench inference)"
+        )
     was_training = model.training
     model.eval()
     mus, logvars = [], []
@@ -241,7 +264,11 @@ def _truncate_stats(path: Path, last_epoch: int) -> list[dict[str, Any]]:
 
 
 def _write_run_files(
-    run: Path, dataset: ParticleDataset, config: TrainConfig, data: dict[str, Any], vae: HetVAE
+    run: Path,
+    dataset: ParticleDataset,
+    config: TrainConfig,
+    data: dict[str, Any],
+    vae: HetVAE | AutoDecoder,
 ) -> None:
     write_run_config(
         run,
@@ -256,6 +283,51 @@ def _write_run_files(
     np.save(run / "train_indices.npy", dataset.indices)
 
 
+def _init_from_cryodrgn(
+    vae: nn.Module, run_dir: str | os.PathLike[str], dataset: ParticleDataset
+) -> str:
+    """Copy a cryoDRGN run's weights into ``vae`` → the checkpoint path.
+
+    Raises ``ValueError`` listing every architecture setting that differs from the checkpoint.
+    """
+    from cryonoo.io.cryodrgn_model import CONFIG_KEYS, load_cryodrgn_run
+
+    if not isinstance(vae, HetVAE):
+        raise ValueError(
+            f"a cryoDRGN checkpoint initializes a VAE, this recipe builds {type(vae).__name__}"
+        )
+    init = load_cryodrgn_run(run_dir)
+
+    def resolved(cfg: dict[str, Any]) -> dict[str, Any]:
+        half = cfg["D"] // 2
+        radius = cfg["enc_mask_radius"]
+        return {
+            **cfg,
+            "pe_dim": cfg["pe_dim"] or half,
+            "enc_mask_radius": half if radius is None else radius,
+        }
+
+    ours, theirs = resolved(vae.config()), resolved(init.model.config())
+    keys = [k for k in CONFIG_KEYS if k != "feat_sigma"]  # the frequencies are loaded
+    diff = {k: (ours[k], theirs[k]) for k in keys if ours[k] != theirs[k]}
+    if diff:
+        listed = "; ".join(
+            f"{k}: {a!r} here, {b!r} in {CONFIG_KEYS[k]}" for k, (a, b) in diff.items()
+        )
+        raise ValueError(
+            f"{init.run_dir}: the recipe's architecture differs from the cryoDRGN checkpoint "
+            f"({listed}); use the checkpoint's settings"
+        )
+    vae.load_state_dict(init.model.state_dict())
+    if not math.isclose(dataset.norm_std, init.norm_std, rel_tol=1e-6):
+        logger.warning(
+            "the data are normalized by %.6g, the cryoDRGN run used %.6g (dataset_args.norm)",
+            dataset.norm_std,
+            init.norm_std,
+        )
+    return str(init.weights)
+
+
 def train(
     config: TrainConfig,
     dataset: ParticleDataset,
@@ -267,6 +339,7 @@ def train(
     data_info: dict[str, Any] | None = None,
     on_step: ProgressHook | None = None,
     on_epoch: ProgressHook | None = None,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``dataset``, writing outputs to ``run_dir`` (see module docstring).
 
@@ -274,6 +347,11 @@ def train(
     progress bars. Raises :class:`NonFiniteLossError` naming the term, epoch, batch and particle
     indices when the loss becomes NaN/Inf, and ``FileExistsError`` when ``run_dir`` already has
     checkpoints and ``resume`` is off.
+
+    ``init_from`` is a cryoDRGN ``train_vae`` directory whose final weights start the VAE (the
+    architecture must match; ``ValueError`` lists what differs); the optimizer starts afresh and
+    the run's ``config.json`` records the checkpoint under ``data.init_from_cryodrgn``. A resumed
+    run continues from its own checkpoint instead.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -311,12 +389,18 @@ def train(
             else (config.noise_sigma or estimate_data_sigma(dataset))
         )
     sigma_data = None if noise_sigma_raw is None else noise_sigma_raw / dataset.norm_std
-    model = build_model(config, dataset.D, noise_sigma=sigma_data).to(dev)
+    model = build_model(config, dataset.D, noise_sigma=sigma_data, n_images=len(dataset)).to(dev)
     vae = base_model(model)
     vae.check_finite = False  # checked below, where the particle indices are known
+    init_weights = saved_cfg["data"].get("init_from_cryodrgn") if saved_cfg else None
+    if init_from is not None and state is None:
+        init_weights = _init_from_cryodrgn(vae, init_from, dataset)
     if info.rank:  # other reparameterization noise on every rank (rank 0 as a single process)
         torch.manual_seed(config.seed + 7919 * info.rank)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = (
+        vae.param_groups(config.latent_lr) if isinstance(vae, AutoDecoder) else model.parameters()
+    )
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, "min", factor=config.plateau_factor, patience=config.plateau_patience
@@ -364,6 +448,8 @@ def train(
         "world_size": info.world_size,
         **(data_info or {}),
     }
+    if init_weights is not None:
+        data["init_from_cryodrgn"] = init_weights
     if info.is_main:
         _write_run_files(run, dataset, config, data, vae)
     stats = _truncate_stats(run / "stats.jsonl", start_epoch) if info.is_main else []
@@ -476,7 +562,11 @@ def train(
                 barrier(info)  # rank 0 writes the epoch's files
                 continue
             if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
-                mu, logvar = encode_dataset(vae, dataset, dev)
+                mu, logvar = (
+                    (vae.latent_table().cpu().numpy(), None)  # the autodecoder's learned table
+                    if isinstance(vae, AutoDecoder)
+                    else encode_dataset(vae, dataset, dev)
+                )
                 save_z_pkl(run / f"z.{epoch_no}.pkl", mu, logvar)
                 save_checkpoint(
                     run / f"weights.{epoch_no}.pt",

@@ -57,6 +57,21 @@ def exercise_positional(name: str) -> None:
     _check_step(_vae(pe_type=name))
 
 
+def exercise_model(name: str) -> None:
+    from cryonoo.models.base import build_component
+    from cryonoo.models.zoo import MODELS
+    from cryonoo.types import ReconstructionModel
+
+    kw = {"zdim": 2, "enc_layers": 1, "enc_dim": 8, "dec_layers": 1, "dec_dim": 8}
+    model = build_component(MODELS, name, D=D, n_images=6, **kw)
+    assert isinstance(model, ReconstructionModel)
+    _check_step(model)
+    batch = _batch()
+    z = torch.randn(6, 2, generator=GEN)
+    assert model.render(z, batch.rot, batch.ctf).shape == (6, D, D)
+    assert model.volume(z[0]).shape == (D - 1,) * 3
+
+
 def exercise_head(name: str) -> None:
     from cryonoo.ssl.heads import HEADS
 
@@ -118,6 +133,7 @@ EXERCISERS = {
     "ENCODERS": exercise_encoder,
     "DECODERS": exercise_decoder,
     "POSITIONAL": exercise_positional,
+    "MODELS": exercise_model,
     "HEADS": exercise_head,
     "SSL": exercise_ssl,
     "AUGMENTERS": exercise_augmenter,

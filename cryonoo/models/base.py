@@ -1,0 +1,167 @@
+"""What every latent-variable model decoding a volume shares: lattice, loss mask, CTF, rendering.
+
+:class:`LatticeModel` holds the odd-lattice geometry (cryoDRGN's conventions, see
+:mod:`cryonoo.models.vae`) and the implicit decoder; :class:`~cryonoo.models.vae.HetVAE` adds an
+encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image latents.
+
+* Loss mask: the disk of radius ``D // 2`` lattice pixels (|k| ≤ 0.5 cycles/px) without DC,
+  ``n_pix`` points. The *work set* is the loss mask, or its union with a model's extra mask (the
+  VAE's encoder mask); it is point symmetric, so translations act on it.
+* ``_prepare`` translates observed images by ``+trans`` pixels and evaluates the CTF on the work
+  set; ``_decode`` evaluates the decoder at ``coords[loss mask] @ R`` times the CTF.
+* Geometry (coordinates, masks, rotations, CTF, phases) runs in float32 with autocast disabled.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cryonoo.models.decoders import DECODERS
+from cryonoo.physics.ctf import ctf_from_params
+from cryonoo.physics.lattice import check_odd_lattice, circular_mask, lattice_coords
+from cryonoo.physics.shifts import shift_ht_points
+
+__all__ = ["LatticeModel", "build_component", "check_zdim"]
+
+
+def build_component(registry: Any, spec: Any, **kwargs: Any) -> Any:
+    """Build ``spec`` from ``registry`` passing only the keyword arguments its factory takes.
+
+    An already-built object passes through unchanged.
+    """
+    if not isinstance(spec, str):
+        return spec
+    factory = registry.get(spec)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return registry.build(spec, **kwargs)
+
+
+def check_zdim(zdim: Any) -> int:
+    """``zdim`` as a positive ``int``; anything else raises ``ValueError``."""
+    if isinstance(zdim, bool) or not isinstance(zdim, int) or zdim < 1:
+        raise ValueError(f"zdim must be a positive integer, got {zdim!r}")
+    return zdim
+
+
+class LatticeModel(nn.Module):
+    """Lattice geometry, decoder and rendering shared by the reconstruction models.
+
+    Parameters
+    ----------
+    D:
+        Odd lattice size (``box + 1``).
+    zdim:
+        Latent width.
+    extra_mask:
+        ``(D·D,)`` bool mask joined to the loss mask to form the work set (``None``: loss mask).
+    """
+
+    def __init__(self, D: int, zdim: int, extra_mask: Tensor | None = None) -> None:
+        super().__init__()
+        self.D = check_odd_lattice(D)
+        self.zdim = check_zdim(zdim)
+        loss_mask = circular_mask(D, D // 2)
+        work = loss_mask if extra_mask is None else loss_mask | extra_mask
+        coords = lattice_coords(D)
+        self.n_pix = int(loss_mask.sum())
+        self._buffer("_work_idx", work.nonzero()[:, 0])
+        self._buffer("_freqs_w", coords[work, :2])
+        self._buffer("_loss_pos", loss_mask[work].nonzero()[:, 0])
+        self._buffer("_loss_idx", loss_mask.nonzero()[:, 0])
+        self._buffer("_coords2", coords[loss_mask, :2])  # (Npix, 2); z = 0 on the lattice
+        self.check_finite = True  # one device sync per step to name a non-finite term
+
+    def _buffer(self, name: str, value: Tensor) -> None:
+        self.register_buffer(name, value, persistent=False)
+
+    def _build_decoder(self, decoder: str | nn.Module, **kwargs: Any) -> None:
+        """Set ``self.decoder`` from ``DECODERS`` (or a built module) and check its ``zdim``."""
+        self.decoder = build_component(DECODERS, decoder, D=self.D, zdim=self.zdim, **kwargs)
+        if getattr(self.decoder, "zdim", self.zdim) != self.zdim:
+            raise ValueError(
+                f"decoder: built for zdim={self.decoder.zdim}, the model has {self.zdim}"
+            )
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, images: Tensor) -> int:
+        if not isinstance(images, Tensor) or images.ndim != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be (B, D, D) Hartley images, got {shape}")
+        d = images.shape[-1]
+        if tuple(images.shape[1:]) != (self.D, self.D):
+            raise ValueError(
+                f"images: the model was built for D={self.D} ({self.D - 1}-px images); got "
+                f"images of shape {tuple(images.shape)} (D={d}); build the model with D={d} "
+                f"or resample the particles to {self.D - 1} px"
+            )
+        return images.shape[0]
+
+    @staticmethod
+    def _check(x: Tensor | None, name: str, shape: tuple[int, ...], hint: str) -> None:
+        if x is not None and (not isinstance(x, Tensor) or tuple(x.shape) != shape):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must have shape {shape} ({hint}), got {got}")
+
+    def _check_z(self, z: Tensor) -> int:
+        if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[1] != self.zdim:
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"z must have shape (B, {self.zdim}) (zdim={self.zdim}), got {got}")
+        return z.shape[0]
+
+    # ------------------------------------------------------------- pipeline
+    def _autocast_off(self) -> torch.autocast:
+        return torch.autocast(device_type=self._freqs_w.device.type, enabled=False)
+
+    def _prepare(
+        self, images: Tensor, ctf: Tensor | None, trans: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """→ translated values on the work set ``(B, Nw)`` and the CTF there (or ``None``)."""
+        b = self._check_images(images)
+        self._check(ctf, "ctf", (b, 8), "[Apix, dfu, dfv, dfang, kV, cs, w, phase] per image")
+        self._check(trans, "trans", (b, 2), "shifts (tx, ty) in pixels per image")
+        with self._autocast_off():
+            y = images.reshape(b, -1).float().index_select(1, self._work_idx)
+            if trans is not None:
+                y = shift_ht_points(y, self._freqs_w, trans.float(), validate=False)
+            c = None
+            if ctf is not None:
+                c = ctf_from_params(self._freqs_w, ctf.float(), validate=False)
+        return y, c
+
+    def _slice_coords(self, rot: Tensor) -> Tensor:
+        with self._autocast_off():  # (Npix, 2) @ (B, 2, 3): z = 0, so only R's first rows
+            return torch.einsum("nj,bjk->bnk", self._coords2, rot[:, :2].float())
+
+    def _decode(self, z: Tensor, rot: Tensor, c: Tensor | None) -> Tensor:
+        """``(B, Npix)`` CTF-modulated decoded values at the loss-mask points."""
+        pred = self.decoder(self._slice_coords(rot), z, validate=False).float()
+        return pred if c is None else pred * c
+
+    def _to_image(self, values: Tensor) -> Tensor:
+        out = values.new_zeros(values.shape[0], self.D * self.D)
+        return out.index_copy(1, self._loss_idx, values).reshape(-1, self.D, self.D)
+
+    # ------------------------------------------------------------- protocol
+    def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
+        """``(B, zdim)``, ``(B, 3, 3)``, ``(B, 8)|None`` → ``(B, D, D)`` CTF-modulated decoded
+        Hartley images, zero outside the loss mask."""
+        b = self._check_z(z)
+        self._check(rot, "rot", (b, 3, 3), "one rotation matrix per latent")
+        self._check(ctf, "ctf", (b, 8), "[Apix, dfu, dfv, dfang, kV, cs, w, phase] per latent")
+        c = None
+        if ctf is not None:
+            with self._autocast_off():
+                c = ctf_from_params(self._coords2, ctf.float(), validate=False)
+        return self._to_image(self._decode(z, rot, c))
+
+    def volume(self, z: Tensor | None, norm_std: float = 1.0) -> Tensor:
+        """Real-space ``(box, box, box)`` map ``[z, y, x]`` for one latent ``(zdim,)``."""
+        if isinstance(z, Tensor) and z.shape[-1] != self.zdim:
+            raise ValueError(f"z must have shape ({self.zdim},) (zdim), got {tuple(z.shape)}")
+        return self.decoder.volume(z, self.D, norm_std)

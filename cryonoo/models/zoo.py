@@ -1,0 +1,28 @@
+"""``MODELS``: the reconstruction models by name (what a recipe's ``model`` field names).
+
+* ``vae`` — :class:`~cryonoo.models.vae.HetVAE`, amortized inference (one encoder pass).
+* ``autodecoder`` — :class:`~cryonoo.models.autodecoder.AutoDecoder`, a latent per training
+  image and test-time optimization for new ones (needs ``n_images`` and, to encode, poses).
+
+Both take ``D`` and the decoder's arguments; build either from one set of keyword arguments with
+:func:`~cryonoo.models.base.build_component`, which passes each only the arguments it takes.
+"""
+
+from __future__ import annotations
+
+from cryonoo.models.autodecoder import AutoDecoder
+from cryonoo.models.vae import HetVAE
+from cryonoo.registry import Registry
+
+__all__ = ["MODELS", "RECONSTRUCTION_MODELS"]
+
+MODELS: Registry = Registry("model")
+MODELS.add("vae", HetVAE, help="Amortized heterogeneous VAE (cryoDRGN's HetOnlyVAE).")
+MODELS.add(
+    "autodecoder",
+    AutoDecoder,
+    help="Autodecoder: a learned latent per training image, test-time optimization for new ones.",
+)
+
+#: the classes a (possibly wrapped) trained model is unwrapped to
+RECONSTRUCTION_MODELS: tuple[type, ...] = (HetVAE, AutoDecoder)
