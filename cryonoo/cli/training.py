@@ -352,7 +352,8 @@ def ablate(
         typer.Option(
             "--noise-factors",
             "--views",
-            help="Comma-separated noise factors, one view each, e.g. '1,2,3'.",
+            help="Comma-separated noise factors (× the data's σ), one view each, e.g. "
+            "'0.5,1,1.5' (the default).",
         ),
     ] = None,
     weight: Annotated[float | None, typer.Option(help="λ, the SSL weight.")] = None,

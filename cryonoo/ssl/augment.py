@@ -106,7 +106,9 @@ class ReprojectNoise:
     sigma:
         Noise std in the real-space units of the data domain (``σ_raw / norm_std``).
     noise_factors:
-        ``f_1 … f_J``; one view per factor (default ``(1, 2, 3)``, the paper's).
+        ``f_1 … f_J``; one view per factor. The default ``(0.5, 1, 1.5)`` × the data's own σ
+        is the paper's setting (its factors 1, 2, 3 multiply the σ of images at twice the box;
+        see :mod:`cryonoo.train.recipes`).
     detach_render:
         Treat the rendering as a fixed teacher image (default). With ``False`` the SSL loss can
         also push gradients into the decoder through the rendering.
@@ -123,7 +125,7 @@ class ReprojectNoise:
     def __init__(
         self,
         sigma: float,
-        noise_factors: Sequence[float] = (1.0, 2.0, 3.0),
+        noise_factors: Sequence[float] = (0.5, 1.0, 1.5),
         detach_render: bool = True,
         pose: str = "same",
     ) -> None:
@@ -175,7 +177,7 @@ class NoiseAugment:
     units) and ``noise_factors`` (one view each). Returns ``(views (J, B, D, D), batch.ctf)``.
     """
 
-    def __init__(self, sigma: float, noise_factors: Sequence[float] = (1.0, 2.0, 3.0)) -> None:
+    def __init__(self, sigma: float, noise_factors: Sequence[float] = (0.5, 1.0, 1.5)) -> None:
         self.sigma = _check_sigma(sigma)
         self.noise_factors = _check_factors(noise_factors)
 

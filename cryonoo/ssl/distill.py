@@ -12,7 +12,7 @@ Afterwards, per batch of ``B`` images::
     loss        = step.loss + weight · ssl
 
 With the defaults (``vicreg`` objective, ``reproject-noise`` augmenter, weight 0.3, 10 warm-up
-epochs, noise factors 1, 2, 3) this is the paper's objective
+epochs, noise factors 0.5, 1, 1.5 of the data's σ) this is the paper's objective
 ``L_VAE + λ Σ_j L_VICReg(z0, z_j)``. Nothing here is specific to a VAE: the wrapper only uses
 ``training_step``, ``encode`` and ``render``.
 

@@ -169,7 +169,7 @@ def test_recipes_cover_the_paper_arms():
         "vicreg",
         0.3,
         10,
-        (1.0, 2.0, 3.0),
+        (0.5, 1.0, 1.5),
         "1024-1024-1024",
     )
     assert RECIPES["cryodrgn"].ssl is None and not RECIPES["cryodrgn"].lr_plateau
