@@ -28,9 +28,11 @@ __all__ = [
     "VICREG_CONVENTION",
     "barlow_twins_loss",
     "collapse_std",
+    "combine_vicreg_terms",
     "full_precision",
     "invariance_loss",
     "simsiam_loss",
+    "vicreg_branch_terms",
     "vicreg_loss",
     "vicreg_terms",
 ]
@@ -80,11 +82,31 @@ def _variance_hinge(x: Tensor, gamma: float, eps: float) -> Tensor:
 
 
 def _covariance_penalty(x: Tensor) -> Tensor:
-    """``Σ_{i≠j} C_ij² / d`` with ``C = X̃ᵀX̃ / (n − 1)`` over the centered batch ``X̃``."""
+    """``Σ_{i≠j} C_ij² / d`` with ``C = X̃ᵀX̃ / (n − 1)`` over the centered batch ``X̃``.
+
+    ``‖X̃ᵀX̃‖²_F = ‖X̃X̃ᵀ‖²_F``, so for a batch smaller than the width (``n < d``, the usual case
+    with a 1024-wide expander) the ``(n, n)`` Gram matrix gives the same value at ``n/d`` of
+    the cost of the ``(d, d)`` covariance.
+    """
     n, d = x.shape
     xc = x - x.mean(dim=0)
-    cov = (xc.T @ xc) / (n - 1)
-    return _off_diagonal_sq_sum(cov) / d
+    gram = xc @ xc.T if n < d else xc.T @ xc
+    diag = (xc**2).sum(dim=0)  # (n − 1) · C_jj
+    return ((gram**2).sum() - (diag**2).sum()) / ((n - 1) ** 2 * d)
+
+
+def vicreg_branch_terms(x: Tensor, *, gamma: float = 1.0, eps: float = 1e-4) -> dict[str, Tensor]:
+    """The per-branch VICReg regularizers of one ``(B, d)`` embedding batch (``B ≥ 2``).
+
+    ``{"var": v(x), "cov": c(x)}`` as in :func:`vicreg_terms`, which combines two branches as
+    ``var = ½ [v(a) + v(b)]`` and ``cov = c(a) + c(b)``; computing them once per branch lets one
+    anchor be scored against several views without recomputing its statistics.
+    """
+    x = _promote(x)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"expected a (B ≥ 2, d) embedding batch, got {tuple(x.shape)}")
+    with full_precision(x.device):
+        return {"var": _variance_hinge(x, gamma, eps), "cov": _covariance_penalty(x)}
 
 
 def vicreg_terms(
@@ -108,9 +130,19 @@ def vicreg_terms(
     a, b = _check_pair(a, b, min_batch=2)
     with full_precision(a.device):
         inv = F.mse_loss(a, b)
-        var = 0.5 * (_variance_hinge(a, gamma, eps) + _variance_hinge(b, gamma, eps))
-        cov = _covariance_penalty(a) + _covariance_penalty(b)
-    return {"inv": inv, "var": var, "cov": cov}
+    return combine_vicreg_terms(
+        inv,
+        vicreg_branch_terms(a, gamma=gamma, eps=eps),
+        vicreg_branch_terms(b, gamma=gamma, eps=eps),
+    )
+
+
+def combine_vicreg_terms(
+    inv: Tensor, branch_a: dict[str, Tensor], branch_b: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """``{"inv", "var", "cov"}`` from the invariance term and two branches' regularizers."""
+    var = 0.5 * (branch_a["var"] + branch_b["var"])
+    return {"inv": inv, "var": var, "cov": branch_a["cov"] + branch_b["cov"]}
 
 
 def vicreg_loss(

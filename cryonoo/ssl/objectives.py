@@ -40,10 +40,11 @@ from cryonoo.ssl.heads import (
 from cryonoo.ssl.losses import (
     barlow_twins_loss,
     collapse_std,
+    combine_vicreg_terms,
     full_precision,
     invariance_loss,
     simsiam_loss,
-    vicreg_terms,
+    vicreg_branch_terms,
 )
 
 __all__ = [
@@ -150,11 +151,15 @@ class VICRegObjective(_Objective):
         self.weights = {"inv": float(inv), "var": float(var), "cov": float(cov)}
         self.gamma, self.eps = float(gamma), float(eps)
 
-    def _embed(self, z: Tensor) -> Tensor:
-        return self.head(z)
+    def _embed(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        h = self.head(z)  # each branch's var/cov statistics are computed once
+        return h, vicreg_branch_terms(h, gamma=self.gamma, eps=self.eps)
 
-    def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
-        t = vicreg_terms(h_a, h_b, gamma=self.gamma, eps=self.eps)
+    def _pair(
+        self, e_a: tuple[Tensor, dict[str, Tensor]], e_b: tuple[Tensor, dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        (h_a, stats_a), (h_b, stats_b) = e_a, e_b
+        t = combine_vicreg_terms(invariance_loss(h_a, h_b), stats_a, stats_b)
         loss = sum(self.weights[k] * t[k] for k in self.term_names)
         return {"loss": loss, **t, "std": collapse_std(h_a)}
 

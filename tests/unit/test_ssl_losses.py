@@ -13,8 +13,10 @@ from cryonoo.ssl.losses import (
     VICREG_CONVENTION,
     barlow_twins_loss,
     collapse_std,
+    combine_vicreg_terms,
     invariance_loss,
     simsiam_loss,
+    vicreg_branch_terms,
     vicreg_loss,
     vicreg_terms,
 )
@@ -56,6 +58,24 @@ def test_vicreg_matches_numpy_on_4x3():
         assert got[key].item() == pytest.approx(want[key], rel=1e-12, abs=1e-12)
     total = vicreg_loss(t(A), t(B), inv=2.0, var=3.0, cov=0.5)
     assert total.item() == pytest.approx(2 * want["inv"] + 3 * want["var"] + 0.5 * want["cov"])
+
+
+@pytest.mark.parametrize(("n", "d"), [(5, 40), (40, 5), (7, 7)])
+def test_vicreg_matches_numpy_for_narrow_and_wide_batches(n, d):
+    """The covariance penalty through the (n, n) Gram matrix (n < d) or the (d, d) covariance
+    equals the numpy definition, and branch statistics combine to the pair terms."""
+    rng = np.random.default_rng(n * 100 + d)
+    a, b = rng.normal(size=(n, d)), rng.normal(size=(n, d)) * 0.5 + 0.2
+    got, want = vicreg_terms(t(a), t(b)), numpy_vicreg(a, b)
+    for key in ("inv", "var", "cov"):
+        assert got[key].item() == pytest.approx(want[key], rel=1e-10)
+    combined = combine_vicreg_terms(
+        invariance_loss(t(a), t(b)), vicreg_branch_terms(t(a)), vicreg_branch_terms(t(b))
+    )
+    for key in ("inv", "var", "cov"):
+        assert combined[key].item() == pytest.approx(want[key], rel=1e-10)
+    with pytest.raises(ValueError, match="B ≥ 2"):
+        vicreg_branch_terms(t(a[:1]))
 
 
 def test_vicreg_hand_computed_2x2():

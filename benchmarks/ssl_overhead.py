@@ -1,0 +1,107 @@
+"""Cost of self-distillation: a ``cryonoo``-recipe epoch against a ``cryodrgn``-recipe epoch.
+
+Both recipes train on the same simulated dataset with the same architecture, batch size, seed
+and thread count; the SSL term is on from the first epoch (``warmup_epochs = 0``) so every timed
+epoch pays for it. The epoch time is the trainer's own (``time_s`` in ``stats.jsonl``); the first
+epoch is dropped as warm-up and the median of the rest is reported. With ``--profile`` the
+script also prints the operators that take the most time in one self-distillation step.
+
+    python benchmarks/ssl_overhead.py -o /tmp/overhead --box 32 --n-images 2000 --epochs 4
+
+Prints a Markdown table and saves ``overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cryonoo.data.phantoms import PHANTOMS
+from cryonoo.data.simulate import SimulationConfig, simulate_phantom
+from cryonoo.io.dataset import make_loader, open_dataset
+from cryonoo.train.recipes import get_recipe
+from cryonoo.train.trainer import build_model, estimate_data_sigma, train
+
+
+def epoch_times(run: Path) -> list[float]:
+    """Seconds per epoch from a run's ``stats.jsonl``."""
+    lines = (run / "stats.jsonl").read_text().splitlines()
+    return [json.loads(line)["time_s"] for line in lines if line.strip()]
+
+
+def profile_step(config, dataset, device: str, rows: int = 15) -> str:
+    """Operator table of one self-distillation training step (forward + backward)."""
+    sigma = estimate_data_sigma(dataset) / dataset.norm_std
+    model = build_model(config, dataset.D, noise_sigma=sigma).to(device)
+    model.set_epoch(config.warmup_epochs)
+    loader = make_loader(dataset, config.batch_size, generator=torch.Generator().manual_seed(0))
+    batch = next(iter(loader)).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    model.training_step(batch, gen).loss.backward()  # warm-up
+    with torch.profiler.profile() as prof:
+        model.training_step(batch, gen).loss.backward()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-o", "--outdir", type=Path, required=True)
+    p.add_argument("--box", type=int, default=32)
+    p.add_argument("--n-images", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--dim", type=int, default=256, help="encoder and decoder width")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    if args.epochs < 2:
+        p.error("--epochs must be ≥ 2 (the first epoch is dropped)")
+    torch.set_num_threads(args.threads)
+    data_dir = args.outdir / "data"
+    if not (data_dir / "config.json").is_file():
+        sim = SimulationConfig(box=args.box, n_images=args.n_images, snr=0.1, seed=0)
+        simulate_phantom(data_dir, PHANTOMS.build("igg-1d"), sim)
+    dataset = open_dataset(data_dir, ind="train", lazy=False)
+    results: dict[str, dict[str, float]] = {}
+    configs = {}
+    for name in ("cryodrgn", "cryonoo"):
+        config = replace(
+            get_recipe(name),
+            epochs=args.epochs,
+            warmup_epochs=0,
+            enc_dim=args.dim,
+            dec_dim=args.dim,
+            batch_size=args.batch_size,
+            lr_plateau=False,
+            seed=0,
+        )
+        configs[name] = config
+        run = args.outdir / name
+        train(config, dataset, run, device=args.device, resume=(run / "config.json").is_file())
+        times = epoch_times(run)[1:]
+        results[name] = {
+            "epoch_s": statistics.median(times),
+            "images_per_s": len(dataset) / statistics.median(times),
+        }
+    ratio = results["cryonoo"]["epoch_s"] / results["cryodrgn"]["epoch_s"]
+    out = {"settings": vars(args) | {"outdir": str(args.outdir)}, "results": results}
+    out["ratio"] = ratio
+    (args.outdir / "overhead.json").write_text(json.dumps(out, indent=2))
+    print(f"box {args.box}, {len(dataset)} images, dims {args.dim}, batch {args.batch_size}, ")
+    print(f"{args.threads} thread(s), device {args.device}\n")
+    print("| recipe | epoch (s, median) | images/s |\n| --- | --- | --- |")
+    for name, r in results.items():
+        print(f"| {name} | {r['epoch_s']:.2f} | {r['images_per_s']:.0f} |")
+    print(f"\ncryonoo / cryodrgn epoch time: {ratio:.3f}×")
+    if args.profile:
+        print(profile_step(configs["cryonoo"], dataset, args.device))
+
+
+if __name__ == "__main__":
+    main()
