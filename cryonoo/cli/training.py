@@ -90,18 +90,16 @@ def _run_training(
             f"pixels[/] (listed in {outdir / 'dropped_particles.txt'})"
         )
     info = {"particles": str(particles), "poses": str(poses), "ctf": str(ctf), "ind": ind}
+    run_kw = {
+        "device": device,
+        "resume": resume,
+        "force": force,
+        "data_info": info,
+        "init_from": init_from,
+    }
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 reports
         try:
-            train(
-                config,
-                dataset,
-                outdir,
-                device=device,
-                resume=resume,
-                force=force,
-                data_info=info,
-                init_from=init_from,
-            )
+            train(config, dataset, outdir, **run_kw)
         except (FileExistsError, ValueError, NonFiniteLossError) as exc:
             _fail(str(exc))
         return
@@ -126,17 +124,7 @@ def _run_training(
             )
 
         try:
-            result = train(
-                config,
-                dataset,
-                outdir,
-                device=device,
-                resume=resume,
-                force=force,
-                data_info=info,
-                on_step=on_step,
-                init_from=init_from,
-            )
+            result = train(config, dataset, outdir, on_step=on_step, **run_kw)
         except (FileExistsError, ValueError) as exc:
             _fail(str(exc))
         except NonFiniteLossError as exc:
