@@ -42,10 +42,17 @@ def main() -> None:
     p.add_argument("--box", type=int, default=32)
     p.add_argument("--n-images", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     args = p.parse_args()
-    scale = BenchmarkConfig(box=args.box, n_images=args.n_images, snr=args.snr, epochs=args.epochs)
+    scale = BenchmarkConfig(
+        box=args.box,
+        n_images=args.n_images,
+        snr=args.snr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+    )
     data_dir = args.outdir / "data"
     if not (data_dir / "config.json").is_file():
         phantom = PHANTOMS.build(scale.phantom, n_conformations=scale.n_conformations)

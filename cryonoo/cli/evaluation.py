@@ -102,6 +102,10 @@ def demo(
     enc_dim: Annotated[int | None, typer.Option(help="Encoder width.")] = None,
     dec_dim: Annotated[int | None, typer.Option(help="Decoder width.")] = None,
     zdim: Annotated[int | None, typer.Option(help="Latent dimension.")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("-b", "--batch-size", help="Batch size (default 64; smaller = more steps)."),
+    ] = None,
     snr: Annotated[float | None, typer.Option(help="Signal-to-noise ratio.")] = None,
     n_conformations: Annotated[
         int | None, typer.Option(help="Conformations of the phantom (default 100).")
@@ -127,6 +131,7 @@ def demo(
         enc_dim=enc_dim,
         dec_dim=dec_dim,
         zdim=zdim,
+        batch_size=batch_size,
         snr=snr,
         n_conformations=n_conformations,
     )
@@ -176,6 +181,7 @@ def bench_generalization(
     epochs: Annotated[int | None, typer.Option()] = None,
     enc_dim: Annotated[int | None, typer.Option()] = None,
     dec_dim: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option("-b", "--batch-size")] = None,
     snr: Annotated[float | None, typer.Option()] = None,
     n_conformations: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "auto",
@@ -197,6 +203,7 @@ def bench_generalization(
         epochs=epochs,
         enc_dim=enc_dim,
         dec_dim=dec_dim,
+        batch_size=batch_size,
         snr=snr,
         n_conformations=n_conformations,
     )

@@ -2,11 +2,11 @@
 
 ``RECIPES["cryonoo"]`` is the method (VICReg self-distillation on re-noised re-projections,
 J = 3 views with noise factors 0.5, 1, 1.5 of the data's own σ, λ = 0.3, warm-up N = 10 epochs,
-expander 3 × 1024, ``ReduceLROnPlateau``); ``RECIPES["cryodrgn"]`` is the plain VAE baseline (cryoDRGN's
-``train_vae`` with batch size 64); ``RECIPES["autodecoder"]`` is the ``cryodrgn`` recipe with an
-autodecoder (a learned latent per image, cryoDRGN-AI style) in place of the VAE, the baseline of
-amortized vs test-time inference (paper Table 2). Every other recipe changes one thing,
-mirroring the ablations (paper Tables 4, 6 and 7)::
+expander 3 × 1024, ``ReduceLROnPlateau``); ``RECIPES["cryodrgn"]`` is the plain VAE baseline
+(cryoDRGN's ``train_vae`` with batch size 64); ``RECIPES["autodecoder"]`` is the ``cryodrgn``
+recipe with an autodecoder (a learned latent per image, cryoDRGN-AI style) in place of the VAE,
+the baseline of amortized vs test-time inference (paper Table 2). Every other recipe changes one
+thing, mirroring the ablations (paper Tables 4, 6 and 7)::
 
     RECIPES["simsiam"] == replace(RECIPES["cryonoo"], name="simsiam", ssl="simsiam")
 
@@ -186,6 +186,9 @@ RECIPES: dict[str, TrainConfig] = {
     "anchored": _arm("anchored", detach_target=True),
     "vicreg-25": _arm("vicreg-25", ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}),
     "random-pose": _arm("random-pose", augment_options={"pose": "random"}),
+    # stop-gradient at z0 and a narrow expander (a lower VICReg covariance floor at small
+    # batches; docs/generalization.md, Round C)
+    "anchored-128": _arm("anchored-128", detach_target=True, head="128-128-128"),
     "anchored-25": _arm(
         "anchored-25", detach_target=True, ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}
     ),
