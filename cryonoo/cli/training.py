@@ -51,6 +51,7 @@ def _run_training(
 
     from cryonoo.io.dataset import Preprocessing, open_dataset
     from cryonoo.train.checkpoint import checkpoint_epochs, read_run_config
+    from cryonoo.train.distributed import shutdown_distributed
     from cryonoo.train.trainer import NonFiniteLossError, train
 
     ind = _resolve_particles(particles, ind)
@@ -102,6 +103,7 @@ def _run_training(
             train(config, dataset, outdir, **run_kw)
         except (FileExistsError, ValueError, NonFiniteLossError) as exc:
             _fail(str(exc))
+        shutdown_distributed()
         return
     console.print(
         f"[bold]{config.name}[/]: {len(dataset):,} particles of {dataset.box} px "
@@ -149,6 +151,7 @@ def _run_training(
                 f"{outdir / 'interrupted.pt'}; continue with the same command plus --resume"
             )
             raise typer.Exit(code=130) from None
+    shutdown_distributed()
     table = Table(title=f"{config.name}: {outdir}")
     keys = [
         k for k in ("loss", "recon", "kld", "ssl/loss") if result.stats and k in result.stats[-1]

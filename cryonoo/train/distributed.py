@@ -21,7 +21,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "ShardedBatchSampler", "all_reduce_sums", "barrier", "init_distributed"]
+__all__ = [
+    "DistInfo",
+    "ShardedBatchSampler",
+    "all_reduce_sums",
+    "barrier",
+    "init_distributed",
+    "shutdown_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,18 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if any, once every rank has arrived (call before exiting).
+
+    A process that exits while its gloo/NCCL group is still alive can abort in the group's
+    destructor while a peer is still working; waiting for all ranks and destroying the group
+    first makes the end of a ``torchrun`` job clean.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
