@@ -49,7 +49,7 @@ def _run_training(
     """Shared body of ``train`` and ``ablate`` (``init_from``: a cryoDRGN run to start from)."""
     import numpy as np
 
-    from cryonoo.io.dataset import Preprocessing, open_dataset
+    from cryonoo.io.dataset import open_dataset
     from cryonoo.train.checkpoint import checkpoint_epochs, read_run_config
     from cryonoo.train.distributed import shutdown_distributed
     from cryonoo.train.trainer import NonFiniteLossError, train
@@ -74,9 +74,7 @@ def _run_training(
             ind=ind,
             datadir=datadir,
             lazy=config.lazy,
-            preprocessing=Preprocessing(
-                invert=config.invert, window=config.window, window_inner=config.window_r
-            ),
+            preprocessing=config.preprocessing(),
             norm_std=norm_std,
             ctf_rescale=config.ctf_rescale,
             drop_bad=drop_bad,
@@ -446,7 +444,7 @@ def encode(
     import numpy as np
 
     from cryonoo.io.cryodrgn import save_z_pkl
-    from cryonoo.io.dataset import Preprocessing, open_dataset
+    from cryonoo.io.dataset import open_dataset
     from cryonoo.train.inference import check_method, infer_latents
     from cryonoo.train.run import load_run
     from cryonoo.train.trainer import resolve_device
@@ -465,9 +463,7 @@ def encode(
             ind=None if ind == "all" else ind,
             datadir=datadir,
             lazy=True,
-            preprocessing=Preprocessing(
-                invert=cfg.invert, window=cfg.window, window_inner=cfg.window_r
-            ),
+            preprocessing=cfg.preprocessing(),
             norm_std=run.norm_std,
             require_poses=method == "autodecode",
         )

@@ -36,7 +36,7 @@ from cryonoo.eval.latent import latent_shift_with_null
 from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
 from cryonoo.eval.report import _json_ready
 from cryonoo.io.atomic import atomic_write
-from cryonoo.io.dataset import ParticleDataset, Preprocessing, make_loader, open_dataset
+from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.train.run import TrainedRun, load_run
@@ -95,8 +95,7 @@ def _train_seconds(run_dir: Path) -> float:
 
 
 def _open_split(run: TrainedRun, data_dir: Path, split: str) -> ParticleDataset:
-    cfg = run.train
-    prep = Preprocessing(invert=cfg.invert, window=cfg.window, window_inner=cfg.window_r)
+    prep = run.train.preprocessing()
     return open_dataset(data_dir, ind=split, preprocessing=prep, norm_std=run.norm_std)
 
 

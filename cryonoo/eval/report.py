@@ -37,7 +37,7 @@ from cryonoo.eval.plots import (
 )
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.cryodrgn import save_z_pkl
-from cryonoo.io.dataset import Preprocessing, open_dataset
+from cryonoo.io.dataset import open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.train.run import load_run
 from cryonoo.train.trainer import encode_dataset, resolve_device
@@ -86,7 +86,7 @@ def evaluate_run(
             f"{data.root / 'split.npz'} has splits {sorted(data.split)}; need 'train' and {split!r}"
         )
     cfg = run.train
-    prep = Preprocessing(invert=cfg.invert, window=cfg.window, window_inner=cfg.window_r)
+    prep = cfg.preprocessing()
     sets = {
         name: open_dataset(data.root, ind=name, preprocessing=prep, norm_std=run.norm_std)
         for name in ("train", split)

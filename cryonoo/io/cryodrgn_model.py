@@ -275,11 +275,16 @@ def cryodrgn_norm_std(cfg: dict[str, Any], source: object = "config.yaml") -> fl
     return std
 
 
-def _rename(key: str) -> str:
-    if key == "decoder.rand_freqs":
-        return "decoder.pe.rand_freqs"
-    if key.startswith("decoder.decoder."):
-        return "decoder.mlp." + key[len("decoder.decoder.") :]
+#: (cryoDRGN name, cryonoo name); a name ending in "." maps every name with that prefix
+_RENAMES = (("decoder.rand_freqs", "decoder.pe.rand_freqs"), ("decoder.decoder.", "decoder.mlp."))
+
+
+def _rename(key: str, *, to_cryonoo: bool = True) -> str:
+    """A parameter name mapped through :data:`_RENAMES` (cryoDRGN → cryonoo, or back)."""
+    for theirs, ours in _RENAMES:
+        src, dst = (theirs, ours) if to_cryonoo else (ours, theirs)
+        if key == src or (src.endswith(".") and key.startswith(src)):
+            return dst + key[len(src) :]
     return key
 
 
@@ -387,14 +392,6 @@ def load_cryodrgn_run(
     )
 
 
-def _unrename(key: str) -> str:
-    if key == "decoder.pe.rand_freqs":
-        return "decoder.rand_freqs"
-    if key.startswith("decoder.mlp."):
-        return "decoder.decoder." + key[len("decoder.mlp.") :]
-    return key
-
-
 def save_cryodrgn_run(
     model: HetVAE,
     out_dir: PathLike,
@@ -460,7 +457,7 @@ def save_cryodrgn_run(
 
     with atomic_write(out / "config.yaml", "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=True)
-    state = {_unrename(k): v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {_rename(k, to_cryonoo=False): v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {"epoch": epoch, "model_state_dict": state, "optimizer_state_dict": {}}
     with atomic_write(out / f"weights.{epoch}.pkl") as fh:
         torch.save(ckpt, fh)

@@ -31,18 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cryonoo.models.base import LatticeModel
+from cryonoo.models.encoders import check_int
 from cryonoo.types import Batch, StepOutput
 
 __all__ = ["FIT_INITS", "AutoDecoder"]
 
 #: how :meth:`AutoDecoder.fit_latents` starts the latents of new images
 FIT_INITS = ("zeros", "random", "mean")
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
 
 
 def _positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
@@ -99,10 +94,10 @@ class AutoDecoder(LatticeModel):
                 "n_images is required: an autodecoder learns one latent per training image; "
                 "pass the size of the training subset"
             )
-        self.n_images = _positive_int(n_images, "n_images")
+        self.n_images = check_int(n_images, "n_images", 1)
         self.latent_l2 = _positive_float(latent_l2, "latent_l2", allow_zero=True)
         self.init_std = _positive_float(init_std, "init_std", allow_zero=True)
-        self.fit_steps = _positive_int(fit_steps, "fit_steps", 0)
+        self.fit_steps = check_int(fit_steps, "fit_steps", 0)
         self.fit_lr = _positive_float(fit_lr, "fit_lr")
         self._config = {
             "D": D, "n_images": n_images, "zdim": zdim, "decoder": decoder,
@@ -210,7 +205,7 @@ class AutoDecoder(LatticeModel):
         step ``k`` (1-based; e.g. to record several budgets in one run). Works under
         ``torch.no_grad()``.
         """
-        steps = self.fit_steps if steps is None else _positive_int(steps, "steps", 0)
+        steps = self.fit_steps if steps is None else check_int(steps, "steps", 0)
         lr = self.fit_lr if lr is None else _positive_float(lr, "lr")
         b = self._check_images(images)
         self._check(rot, "rot", (b, 3, 3), "one rotation matrix per image")

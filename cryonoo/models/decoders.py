@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cryonoo.models.encoders import ResidLinearMLP, _check_int
+from cryonoo.models.encoders import ResidLinearMLP, check_int
 from cryonoo.models.positional import POSITIONAL
 from cryonoo.physics.fft import iht3_center
 from cryonoo.physics.lattice import check_odd_lattice, half_count
@@ -71,7 +71,7 @@ class _ImplicitDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.D = check_odd_lattice(D)
-        self.zdim = _check_int(zdim, "zdim", 0)
+        self.zdim = check_int(zdim, "zdim", 0)
         self.pe = POSITIONAL.build(pe_type, D=D, enc_dim=pe_dim, feat_sigma=feat_sigma, seed=seed)
         self.mlp = ResidLinearMLP(self.pe.out_dim + zdim, layers, dim, self.n_out, activation)
 

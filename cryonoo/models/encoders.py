@@ -56,7 +56,8 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def _check_int(value: int, name: str, minimum: int) -> int:
+def check_int(value: int, name: str, minimum: int) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) ≥ ``minimum``; else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return value
@@ -84,10 +85,10 @@ class _Stack(nn.Module):
         self, in_dim: int, nlayers: int, hidden_dim: int, out_dim: int, activation: str = "relu"
     ) -> None:
         super().__init__()
-        _check_int(in_dim, "in_dim", 1)
-        _check_int(nlayers, "layers", 0)
-        _check_int(hidden_dim, "dim", 1)
-        _check_int(out_dim, "out_dim", 1)
+        check_int(in_dim, "in_dim", 1)
+        check_int(nlayers, "layers", 0)
+        check_int(hidden_dim, "dim", 1)
+        check_int(out_dim, "out_dim", 1)
 
         def lin(a: int, b: int) -> nn.Module:
             return ResidLinear(a, b) if self.residual and a == b else nn.Linear(a, b)
@@ -130,7 +131,7 @@ class MLPEncoder(nn.Module):
         residual: bool = True,
     ) -> None:
         super().__init__()
-        self.zdim = _check_int(zdim, "zdim", 1)
+        self.zdim = check_int(zdim, "zdim", 1)
         cls = ResidLinearMLP if residual else MLP
         self.main = cls(in_dim, layers, dim, 2 * zdim, activation).main
         self.in_dim = in_dim
@@ -164,9 +165,9 @@ class ConvEncoder(nn.Module):
     ) -> None:
         super().__init__()
         check_odd_lattice(D)
-        self.zdim = _check_int(zdim, "zdim", 1)
-        _check_int(layers, "layers", 1)
-        _check_int(dim, "dim", 1)
+        self.zdim = check_int(zdim, "zdim", 1)
+        check_int(layers, "layers", 1)
+        check_int(dim, "dim", 1)
         mods: list[nn.Module] = []
         size, ch_in, stage = D, 1, 0
         while (stage < layers or size > 8) and size > 1:

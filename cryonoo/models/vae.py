@@ -104,8 +104,7 @@ class HetVAE(LatticeModel):
             "seed": seed,
         }  # fmt: skip
         self.n_enc = int(enc_mask.sum())
-        work = circular_mask(D, D // 2) | enc_mask
-        self._buffer("_enc_pos", enc_mask[work].nonzero()[:, 0])
+        self._buffer("_enc_pos", enc_mask[self._work_idx].nonzero()[:, 0])
         self._buffer("_enc_idx", enc_mask.nonzero()[:, 0])
 
         self.encoder = build_component(

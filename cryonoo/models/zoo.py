@@ -24,5 +24,5 @@ MODELS.add(
     help="Autodecoder: a learned latent per training image, test-time optimization for new ones.",
 )
 
-#: the classes a (possibly wrapped) trained model is unwrapped to
-RECONSTRUCTION_MODELS: tuple[type, ...] = (HetVAE, AutoDecoder)
+#: the classes a (possibly wrapped) trained model is unwrapped to: every registered model
+RECONSTRUCTION_MODELS: tuple[type, ...] = tuple(MODELS.get(name) for name in MODELS.names())

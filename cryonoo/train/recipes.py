@@ -26,6 +26,8 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cryonoo.io.dataset import Preprocessing
+
 __all__ = ["RECIPES", "TrainConfig", "get_recipe"]
 
 
@@ -128,6 +130,10 @@ class TrainConfig:
         if "noise_factors" in data:
             data["noise_factors"] = tuple(data["noise_factors"])
         return cls(**data)
+
+    def preprocessing(self) -> Preprocessing:
+        """The image preprocessing of this run (what training, encoding and evaluation apply)."""
+        return Preprocessing(invert=self.invert, window=self.window, window_inner=self.window_r)
 
     def model_fields(self) -> dict[str, Any]:
         """The settings that define the network architecture (must match to resume)."""
