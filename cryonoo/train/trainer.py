@@ -561,6 +561,18 @@ def train(
             if not info.is_main:
                 barrier(info)  # rank 0 writes the epoch's files
                 continue
+            record = {
+                "epoch": epoch_no,
+                **means,
+                "lr": optimizer.param_groups[0]["lr"],
+                "time_s": elapsed,
+                "images_per_s": seen / elapsed if elapsed > 0 else None,
+                "ssl_active": bool(getattr(model, "active", False)),
+                "skipped_nonfinite": skipped,
+            }
+            # the stats line before the checkpoint: a run killed in between has a line past its
+            # last checkpoint, which --resume drops and rewrites (never a checkpoint without one)
+            _append_stats(run / "stats.jsonl", record)
             if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
                 mu, logvar = (
                     (vae.latent_table().cpu().numpy(), None)  # the autodecoder's learned table
@@ -583,16 +595,6 @@ def train(
                         "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
                     },
                 )
-            record = {
-                "epoch": epoch_no,
-                **means,
-                "lr": optimizer.param_groups[0]["lr"],
-                "time_s": elapsed,
-                "images_per_s": seen / elapsed if elapsed > 0 else None,
-                "ssl_active": bool(getattr(model, "active", False)),
-                "skipped_nonfinite": skipped,
-            }
-            _append_stats(run / "stats.jsonl", record)
             interrupted.unlink(missing_ok=True)  # superseded by the complete epoch
             stats.append(record)
             if on_epoch is not None:
