@@ -107,8 +107,8 @@ def run_benchmark(
     say = log or (lambda _msg: None)
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
-    for name in recipes:
-        get_recipe(name)  # fail early on a typo, listing the choices
+    for name in recipes:  # fail before any work on a typo (listing the choices) or a bad setting
+        benchmark_recipe(name, config, seeds[0] if seeds else 0)
     PHANTOMS.get(config.phantom)
     results: dict[str, Any] = {}
     for seed in seeds:

@@ -84,6 +84,10 @@ class InferenceBenchConfig(BenchmarkConfig):
         object.__setattr__(self, "steps", steps)
 
 
+#: the recipes compared: the amortized VAE and the autodecoder, same decoder
+MODELS_COMPARED = ("cryodrgn", "autodecoder")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -185,6 +189,7 @@ def run_inference_bench(
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    recipes = {name: benchmark_recipe(name, config, config.seed) for name in MODELS_COMPARED}
     data_dir = simulate_dataset(root / "data", config, config.seed, say)
     data = load_dataset_dir(data_dir)
     if data.labels is None or not data.gt_volumes:
@@ -192,11 +197,11 @@ def run_inference_bench(
     truth = (data.labels, load_gt_volumes(data.gt_volumes))
     train_set = open_dataset(data_dir, ind="train")
     runs: dict[str, TrainedRun] = {}
-    for name in ("cryodrgn", "autodecoder"):
+    for name, recipe in recipes.items():
         run_dir = root / name
         say(f"training {name} → {run_dir}")
         train(
-            benchmark_recipe(name, config, config.seed),
+            recipe,
             train_set,
             run_dir,
             device=dev,
