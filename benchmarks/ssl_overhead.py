@@ -24,6 +24,7 @@ import torch
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.io.dataset import make_loader, open_dataset
+from cryonoo.train.precision import resolve_precision
 from cryonoo.train.recipes import get_recipe
 from cryonoo.train.trainer import build_model, estimate_data_sigma, train
 
@@ -42,9 +43,14 @@ def profile_step(config, dataset, device: str, rows: int = 15) -> str:
     loader = make_loader(dataset, config.batch_size, generator=torch.Generator().manual_seed(0))
     batch = next(iter(loader)).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
-    model.training_step(batch, gen).loss.backward()  # warm-up
+    precision = resolve_precision(config.precision, device)
+    with precision.autocast():
+        loss = model.training_step(batch, gen).loss
+    loss.backward()  # warm-up
     with torch.profiler.profile() as prof:
-        model.training_step(batch, gen).loss.backward()
+        with precision.autocast():
+            loss = model.training_step(batch, gen).loss
+        loss.backward()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -58,6 +64,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", help="networks' precision: fp32, bf16, …")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     if args.epochs < 2:
@@ -80,9 +87,10 @@ def main() -> None:
             batch_size=args.batch_size,
             lr_plateau=False,
             seed=0,
+            precision=args.precision,
         )
         configs[name] = config
-        run = args.outdir / name
+        run = args.outdir / f"{name}-{args.precision}"
         train(config, dataset, run, device=args.device, resume=(run / "config.json").is_file())
         times = epoch_times(run)[1:]
         results[name] = {
@@ -94,7 +102,7 @@ def main() -> None:
     out["ratio"] = ratio
     (args.outdir / "overhead.json").write_text(json.dumps(out, indent=2))
     print(f"box {args.box}, {len(dataset)} images, dims {args.dim}, batch {args.batch_size}, ")
-    print(f"{args.threads} thread(s), device {args.device}\n")
+    print(f"{args.threads} thread(s), device {args.device}, precision {args.precision}\n")
     print("| recipe | epoch (s, median) | images/s |\n| --- | --- | --- |")
     for name, r in results.items():
         print(f"| {name} | {r['epoch_s']:.2f} | {r['images_per_s']:.0f} |")

@@ -118,7 +118,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="comma-separated cryonoo precisions to train (fp32, bf16; cryoDRGN runs fp32)",
+    )
     args = p.parse_args()
+    precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
     cmd = cryodrgn_command(args.cryodrgn)
     out = args.outdir
     out.mkdir(parents=True, exist_ok=True)
@@ -155,8 +161,8 @@ def main() -> None:
         )
     cd_epochs = parse_cryodrgn_log(cd_dir / "run.log")
 
-    # cryonoo, same settings
-    config = replace(
+    # cryonoo, same settings, once per precision
+    base = replace(
         get_recipe("cryodrgn"),
         zdim=args.zdim,
         enc_dim=args.dim,
@@ -168,27 +174,27 @@ def main() -> None:
         epochs=args.epochs,
         seed=args.seed,
     )
-    ours_dir = out / "cryonoo"
-    shutil.rmtree(ours_dir, ignore_errors=True)
-    t0 = time.perf_counter()
+    ours: dict[str, dict] = {}
     dataset = open_dataset(data_dir, ind="train")
-    result = train(config, dataset, ours_dir, device="cpu")
-    ours_wall = time.perf_counter() - t0
-    ours_epochs = result.stats
+    for precision in precisions:
+        config = replace(base, precision=precision)
+        ours_dir = out / f"cryonoo_{precision}"
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        result = train(config, dataset, ours_dir, device="cpu")
+        ours[precision] = {"stats": result.stats, "wall_s": time.perf_counter() - t0}
 
-    # the same evaluation for both
+    # the same evaluation for all
     cd_run = load_cryodrgn_run(cd_dir)
     cd_prep = Preprocessing(
         invert=cd_run.invert, window=cd_run.window, window_inner=cd_run.window_r
     )
-    ours_run = load_run(ours_dir)
-    ours_prep = Preprocessing(
-        invert=config.invert, window=config.window, window_inner=config.window_r
-    )
-    fsc = {
-        "cryodrgn": fsc_summary(cd_run.model, cd_run.norm_std, cd_prep, data, args.seed),
-        "cryonoo": fsc_summary(ours_run.model, ours_run.norm_std, ours_prep, data, args.seed),
-    }
+    fsc = {"cryodrgn": fsc_summary(cd_run.model, cd_run.norm_std, cd_prep, data, args.seed)}
+    for precision in precisions:
+        run = load_run(out / f"cryonoo_{precision}")
+        fsc[f"cryonoo_{precision}"] = fsc_summary(
+            run.model, run.norm_std, base.preprocessing(), data, args.seed
+        )
 
     def rate(epochs: list[dict]) -> float:
         return n_train * len(epochs) / sum(e["time_s"] for e in epochs)
@@ -202,11 +208,15 @@ def main() -> None:
         "n_test": len(data.split["test"]),
         "cryodrgn": {"epochs": cd_epochs, "images_per_s": rate(cd_epochs), "wall_s": cd_wall},
         "cryonoo": {
-            "epochs": [
-                {k: e[k] for k in ("epoch", "recon", "kld", "loss", "time_s")} for e in ours_epochs
-            ],
-            "images_per_s": rate(ours_epochs),
-            "wall_s": ours_wall,
+            precision: {
+                "epochs": [
+                    {k: e[k] for k in ("epoch", "recon", "kld", "loss", "time_s")}
+                    for e in run["stats"]
+                ],
+                "images_per_s": rate(run["stats"]),
+                "wall_s": run["wall_s"],
+            }
+            for precision, run in ours.items()
         },
         "per_image_fsc": fsc,
     }
@@ -215,30 +225,32 @@ def main() -> None:
 
 
 def format_table(r: dict) -> str:
-    """A Markdown table of ``results.json``."""
-    cd, us = r["cryodrgn"], r["cryonoo"]
+    """A Markdown table of ``results.json``: cryoDRGN, then one column per cryonoo precision."""
+    cd, ours = r["cryodrgn"], r["cryonoo"]
     fsc = r["per_image_fsc"]
+    names = list(ours)
 
     def auc(name: str, split: str) -> str:
         s = fsc[name][split]
         return f"{s['mean']:.4f} ± {s['std']:.4f}"
 
     rows = [
-        ("training images/s", f"{cd['images_per_s']:.0f}", f"{us['images_per_s']:.0f}",
-         f"{us['images_per_s'] / cd['images_per_s']:.2f}×"),
-        ("last epoch: total loss", f"{cd['epochs'][-1]['loss']:.5f}",
-         f"{us['epochs'][-1]['loss']:.5f}", ""),
-        ("wall time (s): train_vae process / train() call", f"{cd['wall_s']:.0f}",
-         f"{us['wall_s']:.0f}", ""),
-        ("per-image FSC_AUC, train", auc("cryodrgn", "train"), auc("cryonoo", "train"), ""),
-        ("per-image FSC_AUC, test", auc("cryodrgn", "test"), auc("cryonoo", "test"), ""),
+        ["training images/s", f"{cd['images_per_s']:.0f}"]
+        + [f"{ours[p]['images_per_s']:.0f} ({ours[p]['images_per_s'] / cd['images_per_s']:.2f}×)"
+           for p in names],
+        ["last epoch: total loss", f"{cd['epochs'][-1]['loss']:.5f}"]
+        + [f"{ours[p]['epochs'][-1]['loss']:.5f}" for p in names],
+        ["wall time (s): train_vae process / train() call", f"{cd['wall_s']:.0f}"]
+        + [f"{ours[p]['wall_s']:.0f}" for p in names],
+        ["per-image FSC_AUC, train", auc("cryodrgn", "train")]
+        + [auc(f"cryonoo_{p}", "train") for p in names],
+        ["per-image FSC_AUC, test", auc("cryodrgn", "test")]
+        + [auc(f"cryonoo_{p}", "test") for p in names],
     ]  # fmt: skip
-    lines = [
-        f"| | cryoDRGN {r['cryodrgn_version']} `train_vae` | cryonoo `cryodrgn` recipe "
-        "| cryonoo / cryoDRGN |",
-        "| --- | --- | --- | --- |",
-    ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    head = [f"cryoDRGN {r['cryodrgn_version']} `train_vae`"]
+    head += [f"cryonoo `cryodrgn` recipe, {p}" for p in names]
+    lines = ["| | " + " | ".join(head) + " |", "| --- " * (len(head) + 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -259,6 +259,10 @@ def train_command(
     num_workers: Annotated[
         int, typer.Option(help="DataLoader worker processes reading and preprocessing batches.")
     ] = 0,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Network precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    ] = None,
     init_from_cryodrgn: Annotated[
         Path | None,
         typer.Option(
@@ -293,6 +297,7 @@ def train_command(
         "seed": seed,
         "noise_sigma": noise_sigma,
         "lazy": lazy,
+        "precision": precision,
     }
     try:
         config = replace(
@@ -357,6 +362,10 @@ def ablate(
     seed: Annotated[int | None, typer.Option()] = None,
     ind: Annotated[str | None, typer.Option(help="Index file or split name.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Network precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    ] = None,
     resume: Annotated[bool, typer.Option()] = False,
     force: Annotated[bool, typer.Option()] = False,
 ) -> None:
@@ -393,6 +402,7 @@ def ablate(
         "dec_dim": dec_dim,
         "batch_size": batch_size,
         "seed": seed,
+        "precision": precision,
     }
     changes.update({k: v for k, v in extra.items() if v is not None})
     if decoder_freeze:

@@ -5,8 +5,9 @@ Each entry of :data:`SSL` is an ``nn.Module`` built as ``factory(in_dim, head=�
 
     {"loss": weighted total, <term>: value, …, "std": collapse monitor, "skipped": 0. or 1.}
 
-* The heads and the loss run in float32 with autocast disabled (inputs are cast with
-  ``.float()``), so the result is float32 under AMP.
+* The heads run at the caller's precision (their matrix products in bfloat16 under a bf16
+  ``torch.autocast``); every loss term is computed in float32 with autocast disabled
+  (:mod:`cryonoo.ssl.losses` promotes its inputs), so the result is float32 under AMP.
 * The two views go through the heads in **separate** calls, so each BatchNorm sees the batch
   statistics of its own view.
 * A batch with fewer than 2 samples cannot give batch statistics: the objective returns a zero
@@ -41,7 +42,6 @@ from cryonoo.ssl.losses import (
     barlow_twins_loss,
     collapse_std,
     combine_vicreg_terms,
-    full_precision,
     invariance_loss,
     simsiam_loss,
     vicreg_branch_terms,
@@ -107,12 +107,11 @@ class _Objective(nn.Module):
         if z_a.shape[0] < 2:
             return [self._skipped(z_a.shape[0], device) for _ in range(z_views.shape[0])]
         outs = []
-        with full_precision(device):
-            e_a = self._embed(z_a.float())
-            for z_b in z_views.float():  # J is small (1–3); each pass is batched over samples
-                out = self._pair(e_a, self._embed(z_b))
-                out["skipped"] = torch.zeros((), device=device)
-                outs.append(out)
+        e_a = self._embed(z_a.float())
+        for z_b in z_views.float():  # J is small (1–3); each pass is batched over samples
+            out = self._pair(e_a, self._embed(z_b))
+            out["skipped"] = torch.zeros((), device=device)
+            outs.append(out)
         return outs
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryonoo.io.dataset import Preprocessing
+from cryonoo.train.precision import PRECISIONS
 
 __all__ = ["RECIPES", "TrainConfig", "get_recipe"]
 
@@ -62,7 +63,7 @@ class TrainConfig:
     plateau_patience: int = 3
     grad_clip: float | None = None
     skip_nonfinite: bool = False  # drop batches whose loss is NaN/Inf (counted in stats)
-    amp: bool = True  # autocast on CUDA (bf16 where supported); no effect on CPU
+    precision: str = "auto"  # networks' precision: auto | fp32 | bf16 | fp16 (train.precision)
     seed: int = 0
     # self-distillation (ssl=None: no SSL term, the plain model)
     ssl: str | None = "vicreg"
@@ -101,6 +102,7 @@ class TrainConfig:
             "enc_layers": self.enc_layers >= 0 and self.dec_layers >= 0,
             "latent_lr": self.latent_lr > 0,
             "latent_l2": self.latent_l2 >= 0,
+            "precision": self.precision in PRECISIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -123,10 +125,13 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        if "amp" in data:  # configs written before `precision` had amp: bool
+            amp = data.pop("amp")
+            data.setdefault("precision", "auto" if amp else "fp32")
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
-        data = dict(data)
         if "noise_factors" in data:
             data["noise_factors"] = tuple(data["noise_factors"])
         return cls(**data)

@@ -3,13 +3,13 @@
 ``train(config, dataset, run_dir)`` builds the model named by the config (``MODELS[config.model]``:
 the VAE, wrapped in :class:`~cryonoo.ssl.distill.SelfDistillation` when the recipe has an SSL
 term, or the autodecoder), then for each epoch: shuffles with a seeded generator, runs
-``training_step`` on every batch (autocast on CUDA), checks every loss term for NaN/Inf, steps
-Adam (the autodecoder's latents at ``config.latent_lr``), and at the end of the epoch encodes all
-training particles (posterior means and log-variances, dataset order; the autodecoder's learned
-latent table) and writes ``z.N.pkl``,
-``weights.N.pt`` (atomic) and a line of ``stats.jsonl``. ``resume=True`` continues from the newest
-checkpoint with the saved optimizer, scheduler and generator states, so an interrupted run loses
-at most the epoch in progress.
+``training_step`` on every batch (autocast per ``config.precision``), checks every loss term
+for NaN/Inf, steps Adam (the autodecoder's latents at ``config.latent_lr``), and at the end of
+the epoch encodes all training particles (posterior means and log-variances, dataset order; the
+autodecoder's learned latent table) and writes ``z.N.pkl``, ``weights.N.pt`` (atomic) and a
+line of ``stats.jsonl``. ``resume=True`` continues from the newest checkpoint with the saved
+optimizer, scheduler and generator states, so an interrupted run loses at most the epoch in
+progress.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from cryonoo.train.distributed import (
     barrier,
     init_distributed,
 )
+from cryonoo.train.precision import resolve_precision
 from cryonoo.train.recipes import TrainConfig
 from cryonoo.types import Batch
 
@@ -454,9 +455,8 @@ def train(
         _write_run_files(run, dataset, config, data, vae)
     stats = _truncate_stats(run / "stats.jsonl", start_epoch) if info.is_main else []
     barrier(info)
-    use_amp = config.amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    precision = resolve_precision(config.precision, dev)
+    scaler = precision.grad_scaler()
     loader = make_loader(
         dataset,
         config.batch_size,
@@ -485,7 +485,7 @@ def train(
                     if stop is not None and stop.raised:
                         raise KeyboardInterrupt
                     batch: Batch = cpu_batch.to(dev, non_blocking=True)
-                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                    with precision.autocast():
                         # through forward(), so DistributedDataParallel can synchronize gradients
                         out = (
                             step_model(batch, aug_gen)
