@@ -112,6 +112,9 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data and training.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    precision: Annotated[
+        str | None, typer.Option(help="Network precision: auto, fp32, bf16 (fast on AVX512-BF16).")
+    ] = None,
 ) -> None:
     """The main job: does self-distillation generalize better than the plain VAE?
 
@@ -134,6 +137,7 @@ def demo(
         batch_size=batch_size,
         snr=snr,
         n_conformations=n_conformations,
+        precision=precision,
     )
     results = _run_with_progress(outdir, ["cryodrgn", "cryonoo"], [seed], config, device)
     per_recipe = results[str(seed)]
@@ -185,6 +189,9 @@ def bench_generalization(
     snr: Annotated[float | None, typer.Option()] = None,
     n_conformations: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    precision: Annotated[
+        str | None, typer.Option(help="Network precision: auto, fp32, bf16 (fast on AVX512-BF16).")
+    ] = None,
 ) -> None:
     """Generalization over several seeds and recipes: mean ± std across seeds.
 
@@ -206,6 +213,7 @@ def bench_generalization(
         batch_size=batch_size,
         snr=snr,
         n_conformations=n_conformations,
+        precision=precision,
     )
     results = _run_with_progress(outdir, names, list(range(seeds)), config, device)
     summary = summarize_seeds(results)

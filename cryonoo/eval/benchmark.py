@@ -55,6 +55,7 @@ class BenchmarkConfig:
     dec_layers: int = 3
     dec_dim: int = 256
     batch_size: int = 64
+    precision: str = "auto"  # the networks' precision (cryonoo.train.precision)
     kmeans_k: tuple[int, ...] = (5,)
 
     @property
@@ -89,6 +90,7 @@ def benchmark_recipe(name: str, config: BenchmarkConfig, seed: int) -> TrainConf
         dec_layers=config.dec_layers,
         dec_dim=config.dec_dim,
         batch_size=config.batch_size,
+        precision=config.precision,
         seed=seed,
     )
 

@@ -110,16 +110,24 @@ def test_bench_generalization_tables(tmp_path):
         "cryodrgn,simsiam",
         "--seeds",
         "2",
+        "--precision",
+        "bf16",
         *TINY,
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    run_config = json.loads((out / "simsiam_seed1" / "config.json").read_text())["train"]
+    assert run_config["precision"] == "bf16"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cryodrgn"]["fsc_test"]["n"] == 2
     md = (out / "summary.md").read_text()
     assert "| simsiam |" in md and "±" in md
     bad = runner.invoke(app, ["bench", "generalization", "-o", str(out), "--recipes", "nope"])
     assert bad.exit_code == 2 and "choose from" in bad.output
+    fresh = tmp_path / "fresh"
+    bad = runner.invoke(app, ["bench", "generalization", "-o", str(fresh), "--precision", "half"])
+    assert bad.exit_code == 2 and "precision" in bad.output
+    assert not (fresh / "data_seed0").exists()  # refused before simulating anything
 
 
 def test_summarize_seeds_math():
