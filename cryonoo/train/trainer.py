@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import cryonoo
+from cryonoo.io.atomic import atomic_write
 from cryonoo.io.cryodrgn import save_z_pkl
 from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
@@ -255,12 +256,23 @@ def _append_stats(path: Path, record: dict[str, Any]) -> None:
 
 
 def _truncate_stats(path: Path, last_epoch: int) -> list[dict[str, Any]]:
-    """Keep the lines of epochs ≤ ``last_epoch`` (a crash may leave a later one)."""
+    """Keep the lines of epochs ≤ ``last_epoch`` (a crash may leave a later one, or a line
+    cut short mid-write, which is dropped with a warning); rewrites the file atomically."""
     if not path.is_file():
         return []
-    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in kept if r.get("epoch", 0) <= last_epoch]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s line %d is not JSON (a write cut short?); dropped", path, number)
+            continue
+        if record.get("epoch", 0) <= last_epoch:
+            kept.append(record)
+    with atomic_write(path, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 

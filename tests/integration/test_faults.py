@@ -302,3 +302,19 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(data, tmp_path, monkey
     assert (run / "weights.1.pt").read_bytes() == before
     assert not (run / "weights.2.pt").exists()
     assert not list(run.glob(".weights.2.pt.*"))  # the temporary file is removed
+
+
+def test_resume_after_a_stats_line_cut_short(data, tmp_path, caplog):
+    """A kill during the append of a stats line leaves half a JSON line: resume drops it
+    (with a warning naming the file) and goes on."""
+    run, args, _ = _one_epoch_run(data, tmp_path / "torn")
+    stats = run / "stats.jsonl"
+    with open(stats, "a") as fh:
+        fh.write('{"epoch": 2, "recon": 0.7')  # cut short mid-write
+    args[args.index("-n") + 1] = "2"
+    with caplog.at_level("WARNING"):
+        result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "stats.jsonl line 2 is not JSON" in caplog.text
+    epochs = [json.loads(line)["epoch"] for line in stats.read_text().splitlines()]
+    assert epochs == [1, 2]
