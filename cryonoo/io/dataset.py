@@ -37,6 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 
 from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
 from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
+from cryonoo.io.heap import pin_mmap_threshold
 from cryonoo.io.mrc import ParticleFileError
 from cryonoo.io.stack import ImageSource, Subset, check_finite, open_images
 from cryonoo.physics.ctf import ctf_params_for_box
@@ -271,9 +272,13 @@ def make_loader(
     ``pin_memory`` defaults to ``torch.cuda.is_available()``. With ``shuffle`` the order is drawn
     from ``generator`` (seed it for reproducible epochs). ``shard`` wraps the batch sampler
     (e.g. :class:`cryonoo.train.distributed.ShardedBatchSampler` for data-parallel training).
+    A lazy dataset is streamed, so the process's heap is kept from growing with the number of
+    batches (:func:`cryonoo.io.heap.pin_mmap_threshold`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if dataset.lazy:
+        pin_mmap_threshold()
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches: Sampler[list[int]] = BatchSampler(sampler, batch_size, drop_last=drop_last)
     if shard is not None:

@@ -5,7 +5,8 @@ its *mmap threshold*, and it raises that threshold each time such a block is fre
 allocates and frees batch-sized buffers (images, Hartley transforms, activations) therefore soon
 serves them from the heap, where fragmentation keeps freed memory resident: encoding a 4 GB
 stack at box 128 held ~1.4 GB of anonymous memory against ~0.75 GB for a 0.5 GB stack
-(``benchmarks/memory.py``). Pinning the threshold keeps the peak independent of the stack size.
+(``benchmarks/memory.py``). Pinning the threshold keeps the peak independent of the stack size;
+:func:`cryonoo.io.dataset.make_loader` does it for every lazy dataset.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from cryonoo.io.dataset import ParticleDataset, make_loader
-from cryonoo.io.heap import pin_mmap_threshold
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.train.trainer import encode_dataset
 
@@ -79,14 +78,9 @@ def infer_latents(
     lr: float | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(mu, logvar)`` (amortized) or ``(z, None)`` (autodecode), each ``(N, zdim)``.
-
-    A lazy ``dataset`` is streamed batch by batch; the process's heap is kept from growing
-    with the number of batches (:func:`cryonoo.io.heap.pin_mmap_threshold`).
-    """
+    """``(mu, logvar)`` (amortized) or ``(z, None)`` (autodecode), each ``(N, zdim)``; a lazy
+    ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.make_loader`)."""
     check_method(model, method)
-    if dataset.lazy:
-        pin_mmap_threshold()
     if method == "amortized":
         return encode_dataset(model, dataset, device, batch_size=batch_size)
     z = autodecode_dataset(

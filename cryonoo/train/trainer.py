@@ -35,7 +35,6 @@ import cryonoo
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.cryodrgn import save_z_pkl
 from cryonoo.io.dataset import ParticleDataset, make_loader
-from cryonoo.io.heap import pin_mmap_threshold
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
@@ -470,8 +469,6 @@ def train(
     barrier(info)
     precision = resolve_precision(config.precision, dev)
     scaler = precision.grad_scaler()
-    if dataset.lazy:  # streamed: keep the heap from growing with the number of batches
-        pin_mmap_threshold()
     loader = make_loader(
         dataset,
         config.batch_size,
