@@ -32,17 +32,6 @@ from pathlib import Path
 
 _PEAK = """
 import resource
-def peak():
-    \"\"\"This process's peak resident set (bytes): VmHWM, which starts afresh at exec (ru_maxrss
-    would carry the parent's peak over the fork).\"\"\"
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 def _status(key):
     try:
         with open("/proc/self/status") as fh:
@@ -52,6 +41,10 @@ def _status(key):
     except OSError:
         pass
     return 0
+def peak():
+    \"\"\"This process's peak resident set (bytes): VmHWM, which starts afresh at exec (ru_maxrss
+    would carry the parent's peak over the fork).\"\"\"
+    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 class AnonSampler:
     \"\"\"Peak anonymous resident memory (RssAnon: the process's own allocations, without the
     page cache of memory-mapped files), polled every 2 ms on a thread.\"\"\"

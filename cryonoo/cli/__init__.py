@@ -45,6 +45,14 @@ def _progress() -> Progress:
     )
 
 
+PRECISION_OPTION = typer.Option(
+    "--precision",
+    help="Network precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (fast on CPUs with "
+    "AVX512-BF16), fp16 (CUDA).",
+)
+"""The ``--precision`` option of every training command (``cryonoo.train.precision``)."""
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cryonoo.cli import _fail, _progress, app, console
+from cryonoo.cli import PRECISION_OPTION, _fail, _progress, app, console
 
 bench_app = typer.Typer(help="Benchmarks: generalization, inference.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -112,9 +112,7 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data and training.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: Annotated[
-        str | None, typer.Option(help="Network precision: auto, fp32, bf16 (fast on AVX512-BF16).")
-    ] = None,
+    precision: Annotated[str | None, PRECISION_OPTION] = None,
 ) -> None:
     """The main job: does self-distillation generalize better than the plain VAE?
 
@@ -189,9 +187,7 @@ def bench_generalization(
     snr: Annotated[float | None, typer.Option()] = None,
     n_conformations: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "auto",
-    precision: Annotated[
-        str | None, typer.Option(help="Network precision: auto, fp32, bf16 (fast on AVX512-BF16).")
-    ] = None,
+    precision: Annotated[str | None, PRECISION_OPTION] = None,
 ) -> None:
     """Generalization over several seeds and recipes: mean ± std across seeds.
 

@@ -11,7 +11,7 @@ import torch
 import typer
 from rich.table import Table
 
-from cryonoo.cli import _fail, _progress, app, console
+from cryonoo.cli import PRECISION_OPTION, _fail, _progress, app, console
 
 
 def _recipe_names() -> list[str]:
@@ -259,10 +259,7 @@ def train_command(
     num_workers: Annotated[
         int, typer.Option(help="DataLoader worker processes reading and preprocessing batches.")
     ] = 0,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="Network precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    ] = None,
+    precision: Annotated[str | None, PRECISION_OPTION] = None,
     init_from_cryodrgn: Annotated[
         Path | None,
         typer.Option(
@@ -362,10 +359,7 @@ def ablate(
     seed: Annotated[int | None, typer.Option()] = None,
     ind: Annotated[str | None, typer.Option(help="Index file or split name.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
-    precision: Annotated[
-        str | None,
-        typer.Option(help="Network precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    ] = None,
+    precision: Annotated[str | None, PRECISION_OPTION] = None,
     resume: Annotated[bool, typer.Option()] = False,
     force: Annotated[bool, typer.Option()] = False,
 ) -> None:
