@@ -24,6 +24,7 @@ __all__ = [
     "ReconstructionModel",
     "SSLObjective",
     "StepOutput",
+    "Views",
 ]
 
 
@@ -38,7 +39,9 @@ class Batch:
     rot:
         ``(B, 3, 3)`` rotation matrices, cryoDRGN convention (lattice ``coords @ rot``).
     trans:
-        ``(B, 2)`` in-plane shifts in **pixels** (``x`` then ``y``), or ``None``.
+        ``(B, 2)`` in-plane shifts in **pixels** (``x`` then ``y``), or ``None``: the model
+        translates each image by ``+trans`` (content moves by ``+t``,
+        :func:`cryonoo.physics.shifts.shift_ht`) to centre the particle before encoding it.
     ctf:
         ``(B, 8)`` CTF parameters ``[Apix_A, dfu_A, dfv_A, dfang_deg, volt_kV, cs_mm, w,
         phase_deg]`` (cryoDRGN ``ctf.pkl`` columns 1–8), or ``None`` for CTF-free data.
@@ -113,6 +116,38 @@ class StepOutput:
     render: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Views:
+    """What an augmenter's ``make_views`` returns: the views and how to encode them.
+
+    Attributes
+    ----------
+    views:
+        ``(J, B, D, D)`` views in the data domain, **centred** (see :class:`Augmenter`).
+    ctf:
+        ``(B, 8)`` CTF to encode every view with (repeated over the J views), or ``None``.
+    rot:
+        ``(J, B, 3, 3)`` the pose of every view (cryoDRGN convention, lattice ``coords @ rot``):
+        the pose a rendering was rendered at, or the input image's pose carried through the
+        view's transform. ``None``: not stated (then a pose-conditioned encoder cannot encode
+        the views). Pose-conditioned encoders are given these; other models ignore them.
+    targets:
+        ``(B, zdim)`` latents the views must encode to instead of the batch's own (``dream``),
+        or ``None``.
+    """
+
+    views: Tensor
+    ctf: Tensor | None
+    rot: Tensor | None = None
+    targets: Tensor | None = None
+
+    def as_tuple(self) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
+        """The legacy augmenter return: ``(views, ctf)`` or ``(views, ctf, targets)``."""
+        if self.targets is None:
+            return self.views, self.ctf
+        return self.views, self.ctf, self.targets
+
+
 @runtime_checkable
 class ReconstructionModel(Protocol):
     """Any autoencoder-style reconstruction model that self-distillation can wrap."""
@@ -121,9 +156,22 @@ class ReconstructionModel(Protocol):
         """The model's own loss on ``batch`` and the latent it used."""
         ...
 
-    def encode(self, images: Tensor, ctf: Tensor | None = None) -> Tensor:
-        """``(B, D, D)`` data-domain images → ``(B, zdim)`` latent means (same preprocessing as
-        training, e.g. CTF phase flip and encoder mask)."""
+    def encode(
+        self, images: Tensor, ctf: Tensor | None = None, trans: Tensor | None = None
+    ) -> Tensor:
+        """``(B, D, D)`` data-domain images, ``(B, 8)`` CTF, ``(B, 2)`` shifts in pixels →
+        ``(B, zdim)`` latent means (same preprocessing as training, e.g. translation by
+        ``+trans``, CTF phase flip and encoder mask).
+
+        ``trans`` is optional: a model for centred data may omit the argument. The
+        self-distillation wrapper then still works (its registered augmenters hand over
+        centred views and pass no ``trans``), but it raises ``TypeError`` when a translation
+        has to be passed.
+
+        A model whose encoder is conditioned on the pose has the attribute
+        ``needs_pose = True`` and an ``encode(images, ctf, trans, rot)`` taking the ``(B, 3, 3)``
+        poses (``ValueError`` without them); the wrapper then passes every view's pose as
+        ``rot=`` (see :class:`Views`). Models without the attribute are never given ``rot``."""
         ...
 
     def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
@@ -139,7 +187,11 @@ class Encoder(Protocol):
     zdim: int
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, D, D)`` → ``((B, zdim) mean, (B, zdim) log-variance)``."""
+        """``(B, D, D)`` → ``((B, zdim) mean, (B, zdim) log-variance)``.
+
+        An encoder with the class attribute ``needs_pose = True`` is called as
+        ``encoder(images, rot)`` with the ``(B, 3, 3)`` poses (see
+        :mod:`cryonoo.models.encoders`)."""
         ...
 
 
@@ -163,7 +215,17 @@ class Augmenter(Protocol):
         step: StepOutput,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """→ ``(J, B, D, D)`` views and the ``(B, 8)`` CTF to encode them with (or ``None``)."""
+        """→ ``(J, B, D, D)`` views and the ``(B, 8)`` CTF to encode them with (or ``None``).
+
+        Views are **centred** (encoded with no translation): renderings are, and views of
+        ``batch.images`` must be re-centred by ``batch.trans`` first
+        (:func:`cryonoo.ssl.augment.recenter`). An augmenter whose views keep the input frame
+        sets the attribute ``views_need_trans = True`` and the wrapper encodes them with
+        ``batch.trans``; see :mod:`cryonoo.ssl.augment`.
+
+        An augmenter may also offer ``make_views(batch, model, step, generator) → Views``, which
+        the wrapper prefers: it also states the views' poses (for pose-conditioned encoders).
+        Every registered augmenter does, and its ``__call__`` is ``make_views(…).as_tuple()``."""
         ...
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cryonoo.physics.shifts import shift_ht
 from cryonoo.ssl import SelfDistillation, from_real_space
 from cryonoo.types import Batch, StepOutput
 
@@ -32,8 +33,13 @@ class ToyAutoencoder(nn.Module):
             nn.Linear(zdim + 9, hidden), nn.ReLU(), nn.Linear(hidden, BOX * BOX)
         )
 
-    def encode(self, images: Tensor, ctf: Tensor | None = None) -> Tensor:
-        """``(B, D, D)`` → ``(B, zdim)`` (this toy ignores the CTF)."""
+    def encode(
+        self, images: Tensor, ctf: Tensor | None = None, trans: Tensor | None = None
+    ) -> Tensor:
+        """``(B, D, D)`` → ``(B, zdim)``; ``trans`` ``(B, 2)`` pixels centres the images first
+        (the toy data here are centred, so it stays ``None``). This toy ignores the CTF."""
+        if trans is not None:
+            images = shift_ht(images, trans)
         return self.encoder(images.flatten(1))
 
     def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
@@ -42,7 +48,7 @@ class ToyAutoencoder(nn.Module):
         return from_real_space(real) / BOX
 
     def training_step(self, batch: Batch) -> StepOutput:
-        z = self.encode(batch.images, batch.ctf)
+        z = self.encode(batch.images, batch.ctf, batch.trans)
         render = self.render(z, batch.rot, batch.ctf)
         loss = F.mse_loss(render, batch.images)
         return StepOutput(loss=loss, z=z, terms={"recon": loss.detach()}, render=render)

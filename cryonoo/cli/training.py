@@ -408,12 +408,46 @@ def ablate(
     _run_training(config, particles, poses, ctf, ind, outdir, device, resume, force, None)
 
 
+def _encode_budget(
+    method: str, refine: int | None, steps: int | None, lr: float | None
+) -> tuple[str, int | None]:
+    """``encode``'s (method, Adam steps) from --method/--refine/--steps/--lr; ``ValueError``
+    naming the fix if they do not fit together."""
+    from cryonoo.models.refine import REFINE_STEPS
+
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {steps}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"--lr must be > 0, got {lr}")
+    if refine is None:
+        if method == "amortized" and (steps is not None or lr is not None):
+            raise ValueError(
+                "--steps/--lr set the Adam budget of fitted latents, and amortized encoding "
+                "fits none: add --refine K (or --method autodecode for an autodecoder run)"
+            )
+        return method, REFINE_STEPS if method == "refine" and steps is None else steps
+    if refine < 1:
+        raise ValueError(
+            f"--refine K must be ≥ 1 (the number of Adam steps refining each encoder latent), "
+            f"got {refine}; leave --refine out for the plain amortized latents"
+        )
+    if method not in ("amortized", "refine") or steps is not None:
+        raise ValueError(
+            "--refine K sets the refinement steps of the encoder's latents; do not combine it "
+            "with --steps or --method autodecode (an autodecoder run's fitting: --method "
+            "autodecode --steps K)"
+        )
+    return "refine", refine
+
+
 @app.command()
 def encode(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of a trained model.")],
     particles: Annotated[Path, _PARTICLES],
     output: Annotated[Path, typer.Option("-o", "--output", help="Latents, cryoDRGN z.pkl layout.")],
-    poses: Annotated[Path | None, typer.Option(help="poses.pkl (for shifts).")] = None,
+    poses: Annotated[
+        Path | None, typer.Option(help="poses.pkl (shifts; needed by --refine, autodecode).")
+    ] = None,
     ctf: Annotated[Path | None, typer.Option(help="ctf.pkl (for the phase flip).")] = None,
     ind: Annotated[
         str | None, typer.Option(help="Index file or split name (default: all).")
@@ -425,23 +459,39 @@ def encode(
     method: Annotated[
         str,
         typer.Option(
-            help="amortized (one encoder pass) or autodecode (test-time optimization of each "
-            "latent; autodecoder runs, needs poses)."
+            help="amortized (one encoder pass), autodecode (test-time optimization of each "
+            "latent; autodecoder runs, needs poses) or refine (= --refine; --steps sets K)."
         ),
     ] = "amortized",
+    refine: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            help="Semi-amortized: refine each encoder latent with K ≥ 1 Adam steps against the "
+            "frozen decoder at the particle's pose (needs poses; lr: --lr, default 0.02).",
+        ),
+    ] = None,
     steps: Annotated[
-        int | None, typer.Option(help="autodecode: Adam steps per batch (default: the model's).")
+        int | None,
+        typer.Option(
+            help="autodecode/refine: Adam steps per batch (default: the model's; refine: 20)."
+        ),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="autodecode: Adam learning rate (default: the model's).")
+        float | None,
+        typer.Option(
+            help="autodecode/--refine: Adam learning rate (default: the model's; refine: 0.02)."
+        ),
     ] = None,
 ) -> None:
     """Latents for any particle stack: amortized (one encoder pass, no training) by default.
 
     The particles are preprocessed exactly as the training data were (same normalization,
-    inversion and window) and streamed from disk in batches. An autodecoder run has no encoder:
-    use --method autodecode, which optimizes every latent against the frozen decoder at the
-    particle's pose (--steps Adam steps), so it needs poses.
+    inversion and window) and streamed from disk in batches. --refine K starts from the encoder's
+    latent and takes K Adam steps on each particle's loss (reconstruction at its pose plus the
+    Gaussian prior) against the frozen decoder, so it needs poses. An autodecoder run has no
+    encoder: use --method autodecode, which optimizes every latent from zero the same way
+    (--steps Adam steps).
     """
     import time
 
@@ -449,16 +499,15 @@ def encode(
 
     from cryonoo.io.cryodrgn import save_z_pkl
     from cryonoo.io.dataset import open_dataset
-    from cryonoo.train.inference import check_method, infer_latents
+    from cryonoo.train.inference import POSED_METHODS, check_method, infer_latents
     from cryonoo.train.run import load_run
     from cryonoo.train.trainer import resolve_device
 
     try:
+        method, steps = _encode_budget(method, refine, steps, lr)
         dev = resolve_device(device)
         run = load_run(run_dir, epoch, dev)
         check_method(run.model, method)
-        if steps is not None and steps < 1:
-            raise ValueError(f"--steps must be ≥ 1, got {steps}")
         cfg = run.train
         dataset = open_dataset(
             particles,
@@ -469,7 +518,7 @@ def encode(
             lazy=True,
             preprocessing=cfg.preprocessing(),
             norm_std=run.norm_std,
-            require_poses=method == "autodecode",
+            require_poses=method in POSED_METHODS,
         )
         if dataset.D != run.model.D:
             box = run.model.D - 1
@@ -486,7 +535,7 @@ def encode(
     elapsed = time.perf_counter() - t0
     save_z_pkl(output, mu, logvar)
     rate = len(mu) / max(elapsed, 1e-9)
-    how = method if method == "amortized" else f"autodecode, {steps or run.model.fit_steps} steps"
+    how = method if method == "amortized" else f"{method}, {steps or run.model.fit_steps} steps"
     console.print(
         f"{len(mu):,} latents (zdim {mu.shape[1]}, {how}) → {output} in {elapsed:.1f} s "
         f"({rate:,.0f} images/s); mean |z| {np.linalg.norm(mu, axis=1).mean():.3f}"

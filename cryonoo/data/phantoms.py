@@ -252,3 +252,44 @@ def igg_states(n_conformations: int | None = None) -> Phantom:
         for bound in (False, True)
     )
     return Phantom("igg-states", confs, "0: closed, 1: closed+bound, 2: open, 3: open+bound")
+
+
+def _build_clamshell() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two equal lobes joined at a hinge: ``(fixed atoms, moving atoms, hinge, axis)``.
+
+    Each lobe is a large body (half-axes 32 × 22 × 18 Å) with a small knob, so neither lobe is
+    symmetric and an image fixes both its orientation and the opening angle. The hinge sits
+    where the lobes meet, 18 Å below the long axis; the moving lobe turns about ``z``.
+    """
+    rng = np.random.default_rng(_MOLECULE_SEED + 1)
+    x_axis, y_axis = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    body = np.array([32.0, 22.0, 18.0])
+    knob = np.array([14.0, 11.0, 11.0])
+    fixed = np.vstack(
+        [
+            _ellipsoid_atoms(rng, np.array([-36.0, 0.0, 0.0]), body, x_axis),
+            _ellipsoid_atoms(rng, np.array([-48.0, 26.0, 6.0]), knob, y_axis),
+        ]
+    )
+    moving = np.vstack(
+        [
+            _ellipsoid_atoms(rng, np.array([36.0, 0.0, 0.0]), body, x_axis),
+            _ellipsoid_atoms(rng, np.array([56.0, 20.0, -8.0]), knob, x_axis),
+        ]
+    )
+    return fixed, moving, np.array([0.0, -18.0, 0.0]), np.array([0.0, 0.0, 1.0])
+
+
+@PHANTOMS.register("hinge")
+def hinge(n_conformations: int = 100, max_angle_deg: float = 45.0) -> Phantom:
+    """Two-domain hinge closing: one lobe (half the mass) turns 0°…``max_angle_deg`` (1-D)."""
+    fixed, moving, pivot, axis = _build_clamshell()
+    n = _check_count(n_conformations)
+    angles = np.linspace(0.0, max_angle_deg, n) if n > 1 else np.zeros(1)
+    confs = tuple(
+        np.vstack([fixed, _rotate_about(moving, pivot, _rotation(axis, math.radians(a)))])
+        for a in angles
+    )
+    return Phantom(
+        "hinge", confs, f"lobe B (half the mass) closed by 0°…{max_angle_deg:g}° about the hinge"
+    )

@@ -19,6 +19,8 @@ import numpy as np
 
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
+from cryonoo.eval.ceiling import CeilingConfig, label_ceiling
+from cryonoo.eval.overview import plot_overview
 from cryonoo.eval.report import evaluate_run
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import open_dataset
@@ -31,10 +33,12 @@ __all__ = [
     "format_tables",
     "run_benchmark",
     "simulate_dataset",
+    "summarize_ceiling",
     "summarize_seeds",
 ]
 
 Log = Callable[[str], None]
+CEILING = "ceiling"  # the key of the oracle's result in each seed's results
 StepHook = Callable[[dict[str, Any]], None]
 
 
@@ -57,6 +61,7 @@ class BenchmarkConfig:
     batch_size: int = 64
     precision: str = "auto"  # the networks' precision (cryonoo.train.precision)
     kmeans_k: tuple[int, ...] = (5,)
+    ceiling: bool = True  # also train the supervised oracle encoder (cryonoo.eval.ceiling)
 
     @property
     def warmup(self) -> int:
@@ -92,6 +97,7 @@ def benchmark_recipe(name: str, config: BenchmarkConfig, seed: int) -> TrainConf
         batch_size=config.batch_size,
         precision=config.precision,
         seed=seed,
+        checkpoint_every=config.epochs,  # only the final model is evaluated
     )
 
 
@@ -105,7 +111,15 @@ def run_benchmark(
     log: Log | None = None,
     on_step: StepHook | None = None,
 ) -> dict[str, Any]:
-    """Run every recipe for every seed; returns ``{seed: {recipe: metrics}}`` (also saved)."""
+    """Run every recipe for every seed; returns ``{seed: {recipe: metrics}}`` (also saved).
+
+    With ``config.ceiling`` each seed's results also hold ``"ceiling"``: the held-out label
+    recovery of a supervised encoder of the recipes' size trained on fresh images with the true
+    labels (:func:`cryonoo.eval.ceiling.label_ceiling`), the figure unseen recovery is read
+    against. ``overview_seed{seed}.png`` shows every recipe's seen and unseen latents and the
+    maps decoded from a few unseen images (:func:`cryonoo.eval.overview.plot_overview`).
+    ``results.json`` holds everything.
+    """
     say = log or (lambda _msg: None)
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -140,6 +154,20 @@ def run_benchmark(
                 device=device,
                 kmeans_k=config.kmeans_k,
             )
+        if config.ceiling:
+            say(f"measuring the label ceiling (seed {seed})")
+            per_seed[CEILING] = label_ceiling(
+                root / f"ceiling_seed{seed}",
+                data_dir,
+                config,
+                seed,
+                config=CeilingConfig(),
+                device=device,
+                log=say,
+            )
+        runs = {name: root / f"{name}_seed{seed}" for name in recipes}
+        oracle = per_seed.get(CEILING, {}).get("label_r2")
+        plot_overview(root / f"overview_seed{seed}.png", data_dir, runs, per_seed, ceiling=oracle)
         results[str(seed)] = per_seed
     record = {
         "config": asdict(config),
@@ -177,9 +205,21 @@ def _get(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return None if metrics is None else float(metrics)
 
 
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def summarize_ceiling(results: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """``{"label_r2": stats, "train": stats}`` of the oracle across seeds (``None`` if absent)."""
+    runs = [per_seed[CEILING] for per_seed in results.values() if CEILING in per_seed]
+    if not runs:
+        return None
+    return {key: _stats([float(r[key]) for r in runs]) for key in ("label_r2", "train")}
+
+
 def summarize_seeds(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     """``{recipe: {field: {"mean", "std", "n"}}}`` across seeds (std with ddof 0)."""
-    recipes = sorted({r for per_seed in results.values() for r in per_seed})
+    recipes = sorted({r for per_seed in results.values() for r in per_seed if r != CEILING})
     out: dict[str, dict[str, dict[str, float]]] = {}
     for recipe in recipes:
         out[recipe] = {}
@@ -189,16 +229,16 @@ def summarize_seeds(results: dict[str, Any]) -> dict[str, dict[str, dict[str, fl
             ]
             values = [v for v in values if v is not None]
             if values:
-                out[recipe][field] = {
-                    "mean": float(np.mean(values)),
-                    "std": float(np.std(values)),
-                    "n": len(values),
-                }
+                out[recipe][field] = _stats(values)
     return out
 
 
-def format_tables(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown tables in the paper's layout (Table 1 FSC, Table 3 shift) plus label recovery."""
+def format_tables(
+    summary: dict[str, dict[str, dict[str, float]]],
+    ceiling: dict[str, dict[str, float]] | None = None,
+) -> str:
+    """Markdown tables in the paper's layout (Table 1 FSC, Table 3 shift) plus label recovery,
+    with the oracle's ceiling (``summarize_ceiling``) under the last table when given."""
 
     def cell(stats: dict[str, dict[str, float]], field: str, digits: int = 3) -> str:
         if field not in stats:
@@ -238,4 +278,9 @@ def format_tables(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     ]
     for recipe, stats in summary.items():
         lines.append(f"| {recipe} | {cell(stats, 'seen')} | {cell(stats, 'unseen')} |")
+    if ceiling is not None:
+        lines.append(
+            f"| ceiling (supervised encoder, fresh images) | {cell(ceiling, 'train')} | "
+            f"{cell(ceiling, 'label_r2')} |"
+        )
     return "\n".join(lines) + "\n"

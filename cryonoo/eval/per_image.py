@@ -119,7 +119,9 @@ def per_image_fsc(
     Parameters
     ----------
     model:
-        A trained model with ``encode(images, ctf, trans)`` and ``volume(z, norm_std)``.
+        A trained model with ``encode(images, ctf, trans)`` and ``volume(z, norm_std)``; a
+        model with ``needs_pose = True`` (pose-conditioned encoder) is also given ``rot=`` the
+        images' ``(B, 3, 3)`` poses.
     dataset:
         The evaluated split.
     labels:
@@ -153,7 +155,9 @@ def per_image_fsc(
         z = rows.to(device)
     else:
         batch = dataset[positions].to(device)
-        z = model.encode(batch.images, batch.ctf, batch.trans)
+        # the poses only for a pose-conditioned encoder (other models' encode may not take them)
+        pose = {"rot": batch.rot} if getattr(model, "needs_pose", False) else {}
+        z = model.encode(batch.images, batch.ctf, batch.trans, **pose)
     curves, aucs, clips = [], [], []
     freq = None
     for start in range(0, len(classes), chunk):

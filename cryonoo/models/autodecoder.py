@@ -17,8 +17,9 @@ an encoder pass, the autodecoder *optimizes* one:
 * New images (``encode``/``fit_latents``): test-time optimization. The decoder is frozen (no
   gradient, parameters untouched), latents start at zero (or are drawn from a generator, or at
   the training mean) and Adam minimizes, for every image independently but batched,
-  ``mean_k (CTF·Ĥ(z) − Y)² + latent_l2·|z|²`` for ``steps`` steps. This needs the poses, so
-  ``encode`` without ``rot`` raises.
+  ``mean_k (CTF·Ĥ(z) − Y)² + latent_l2·|z|²`` for ``steps`` steps (the fitting every
+  :class:`~cryonoo.models.base.LatticeModel` shares, :mod:`cryonoo.models.refine`, with
+  :meth:`AutoDecoder.latent_prior`). This needs the poses, so ``encode`` without ``rot`` raises.
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ class AutoDecoder(LatticeModel):
         """``(n_images, zdim)`` float32 learned latents of the training images (detached)."""
         return self.embedding.weight.detach().float()
 
-    def _latent_loss(self, pred: Tensor, y: Tensor, z: Tensor) -> Tensor:
-        """``(B,)`` per-image masked MSE plus the latent prior."""
-        return (pred - y).pow(2).mean(dim=1) + self.latent_l2 * z.float().pow(2).sum(dim=1)
+    def latent_prior(self, z: Tensor) -> Tensor:
+        """``(B,)`` float32 ``latent_l2 · |z_b|²``: the prior of training and of test-time fits,
+        in units of the per-pixel MSE."""
+        return self.latent_l2 * z.float().pow(2).sum(dim=1)
 
     def forward(self, batch: Batch) -> StepOutput:
         """The training step (so the model can sit inside ``DistributedDataParallel``)."""
@@ -159,7 +161,7 @@ class AutoDecoder(LatticeModel):
         pred = self._decode(z, batch.rot, c)
         recon = F.mse_loss(pred, y)
         prior = z.float().pow(2).sum(dim=1).mean()
-        loss = recon + self.latent_l2 * prior
+        loss = recon + self.latent_prior(z).mean()
         if self.check_finite and not bool(torch.isfinite(loss)):
             raise RuntimeError(
                 f"non-finite loss: recon={float(recon.detach())}, prior={float(prior.detach())}; "
@@ -197,46 +199,23 @@ class AutoDecoder(LatticeModel):
         """Test-time optimization: ``(B, D, D)`` images with known poses → ``(B, zdim)`` latents.
 
         ``rot`` is ``(B, 3, 3)``, ``trans`` ``(B, 2)`` pixels, ``ctf`` ``(B, 8)``; every tensor
-        on the model's device. The decoder is frozen (its parameters and ``.grad`` are left as
-        they were); Adam (``lr``, default ``fit_lr``) runs ``steps`` (default ``fit_steps``)
-        steps on all images at once, each image's loss independent of the others. ``init`` is
-        ``"zeros"``, ``"random"`` (``N(0, init_std²)`` from ``generator``) or ``"mean"`` (the
-        training latents' mean). ``on_step(k, z)`` is called with a copy of the latents after
-        step ``k`` (1-based; e.g. to record several budgets in one run). Works under
-        ``torch.no_grad()``.
+        on the model's device. :meth:`refine_latents` (the shared
+        :func:`cryonoo.models.refine.fit_latents`) with this model's prior: the decoder is frozen
+        (its parameters and ``.grad`` are left as they were); Adam (``lr``, default ``fit_lr``)
+        runs ``steps`` (default ``fit_steps``) steps on all images at once, each image's loss
+        independent of the others. ``init`` is ``"zeros"``, ``"random"`` (``N(0, init_std²)``
+        from ``generator``) or ``"mean"`` (the training latents' mean). ``on_step(k, z)`` is
+        called with a copy of the latents after step ``k`` (1-based; e.g. to record several
+        budgets in one run). Works under ``torch.no_grad()``.
         """
         steps = self.fit_steps if steps is None else check_int(steps, "steps", 0)
         lr = self.fit_lr if lr is None else _positive_float(lr, "lr")
         b = self._check_images(images)
-        self._check(rot, "rot", (b, 3, 3), "one rotation matrix per image")
-        params = list(self.decoder.parameters())
-        flags = [p.requires_grad for p in params]
-        was_training = self.training
-        self.eval()
-        try:
-            for p in params:
-                p.requires_grad_(False)
-            with torch.no_grad():
-                y, c = self._prepare(images, ctf, trans)  # work set = loss mask
-                coords = self._slice_coords(rot)
-                z = self._initial_latents(b, init, generator)
-            z.requires_grad_(True)
-            optimizer = torch.optim.Adam([z], lr=lr)
-            with torch.enable_grad():
-                for k in range(1, steps + 1):
-                    pred = self.decoder(coords, z, validate=False).float()
-                    pred = pred if c is None else pred * c
-                    loss = self._latent_loss(pred, y, z).sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if on_step is not None:
-                        on_step(k, z.detach().clone())
-        finally:
-            for p, flag in zip(params, flags, strict=True):
-                p.requires_grad_(flag)
-            self.train(was_training)
-        return z.detach()
+        with torch.no_grad():
+            z0 = self._initial_latents(b, init, generator)
+        return self.refine_latents(
+            images, rot, ctf, trans, z0=z0, steps=steps, lr=lr, on_step=on_step
+        )
 
     def encode(
         self,

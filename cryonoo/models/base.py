@@ -10,6 +10,8 @@ encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image l
 * ``_prepare`` translates observed images by ``+trans`` pixels and evaluates the CTF on the work
   set; ``_decode`` evaluates the decoder at ``coords[loss mask] @ R`` times the CTF.
 * Geometry (coordinates, masks, rotations, CTF, phases) runs in float32 with autocast disabled.
+* Test-time fitting of latents (:meth:`LatticeModel.refine_latents`, :mod:`cryonoo.models.refine`)
+  is shared: each model supplies only its per-image :meth:`~LatticeModel.latent_prior`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cryonoo.models import refine
 from cryonoo.models.decoders import DECODERS
 from cryonoo.physics.ctf import ctf_from_params
 from cryonoo.physics.lattice import check_odd_lattice, circular_mask, lattice_coords
@@ -134,6 +137,14 @@ class LatticeModel(nn.Module):
                 c = ctf_from_params(self._freqs_w, ctf.float(), validate=False)
         return y, c
 
+    def _loss_targets(
+        self, images: Tensor, ctf: Tensor | None, trans: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """→ translated values and the CTF (or ``None``) at the loss-mask points, ``(B, Npix)``."""
+        y, c = self._prepare(images, ctf, trans)
+        y = y.index_select(1, self._loss_pos)
+        return y, None if c is None else c.index_select(1, self._loss_pos)
+
     def _slice_coords(self, rot: Tensor) -> Tensor:
         with self._autocast_off():  # (Npix, 2) @ (B, 2, 3): z = 0, so only R's first rows
             return torch.einsum("nj,bjk->bnk", self._coords2, rot[:, :2].float())
@@ -159,6 +170,29 @@ class LatticeModel(nn.Module):
             with self._autocast_off():
                 c = ctf_from_params(self._coords2, ctf.float(), validate=False)
         return self._to_image(self._decode(z, rot, c))
+
+    def latent_prior(self, z: Tensor) -> Tensor:
+        """``(B,)`` float32 prior term of point latents ``z`` ``(B, zdim)`` in test-time fitting,
+        in units of the per-pixel MSE; here none (zeros): subclasses give their training prior."""
+        return z.new_zeros(z.shape[0], dtype=torch.float32)
+
+    def refine_latents(
+        self,
+        images: Tensor,
+        rot: Tensor,
+        ctf: Tensor | None = None,
+        trans: Tensor | None = None,
+        *,
+        z0: Tensor,
+        steps: int,
+        lr: float,
+        on_step: refine.OnStep | None = None,
+    ) -> Tensor:
+        """``(B, zdim)`` latents fitted from ``z0`` against the frozen decoder by ``steps`` Adam
+        steps at learning rate ``lr``: :func:`cryonoo.models.refine.fit_latents` (shapes there)."""
+        return refine.fit_latents(
+            self, images, rot, ctf, trans, z0=z0, steps=steps, lr=lr, on_step=on_step
+        )
 
     def volume(self, z: Tensor | None, norm_std: float = 1.0) -> Tensor:
         """Real-space ``(box, box, box)`` map ``[z, y, x]`` for one latent ``(zdim,)``."""

@@ -14,6 +14,12 @@ attributes ``zdim`` and ``input_kind``:
 ``resid-mlp`` is cryoDRGN's ``ResidLinearMLP(in_dim → 2·zdim)``; the module layout (``main`` =
 ``Sequential`` of ``[Linear|ResidLinear, act, (ResidLinear, act)×layers, Linear]``, a
 ``ResidLinear`` wrapping ``.linear``) gives the same ``state_dict`` keys as cryoDRGN's encoder.
+
+Pose-conditioned encoders (``pose-mlp``) also have the class attribute ``needs_pose = True``:
+they are called as ``forward(x, rot)`` with ``rot`` the ``(B, 3, 3)`` poses of the images
+(cryoDRGN convention, lattice ``coords @ rot``), and the model
+(:class:`~cryonoo.models.vae.HetVAE`) raises ``ValueError`` when it has no poses to give.
+Encoders without the attribute are called as ``forward(x)`` and never see the pose.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ __all__ = [
     "ACTIVATIONS",
     "ENCODERS",
     "MLP",
+    "POSE_DIM",
     "ConvEncoder",
     "MLPEncoder",
+    "PoseMLPEncoder",
     "ResidLinear",
     "ResidLinearMLP",
     "make_activation",
+    "pose_code",
 ]
 
 ENCODERS: Registry = Registry("encoder")
@@ -145,6 +154,73 @@ class MLPEncoder(nn.Module):
         return out[:, : self.zdim], out[:, self.zdim :]
 
 
+#: width of :func:`pose_code`
+POSE_DIM = 6
+
+
+def pose_code(rot: Tensor) -> Tensor:
+    """``(B, 3, 3)`` rotations → ``(B, 6)`` pose code: the first two rows, row-major.
+
+    In the cryoDRGN convention an image at pose ``R`` is the slice of the volume's spectrum at
+    ``[kx, ky, 0] @ R = kx·R[0] + ky·R[1]``: the first two rows are the 3-D directions of the
+    image's frequency axes ``kx`` and ``ky``, so they are exactly what the image depends on
+    (the third row, the viewing direction, is their cross product and adds nothing). As a code
+    this is the continuous 6-D representation of Zhou et al. (CVPR 2019): unlike Euler angles
+    or quaternions it has no discontinuity or double cover, and unlike the 9 entries it has no
+    redundant block. Entries are in ``[-1, 1]``, the scale of the normalized image points.
+    """
+    if rot.ndim != 3 or tuple(rot.shape[1:]) != (3, 3):
+        raise ValueError(
+            f"rot must have shape (B, 3, 3) (rotation matrices), got {tuple(rot.shape)}"
+        )
+    return rot[:, :2, :].reshape(rot.shape[0], POSE_DIM)
+
+
+class PoseMLPEncoder(nn.Module):
+    """``resid-mlp`` on the encoder-mask points concatenated with the image's pose code.
+
+    ``forward(x (B, in_dim), rot (B, 3, 3)) → ((B, zdim), (B, zdim))``: the residual MLP of
+    :class:`MLPEncoder` (same ``main`` layout, ``layers`` hidden residual layers of width
+    ``dim``) on ``[x, pose_code(rot)]``, ``in_dim + 6`` inputs (:func:`pose_code`: the first
+    two rows of the rotation, the 3-D directions of the image's ``kx`` and ``ky`` axes). Only
+    the first layer differs from ``resid-mlp``'s (6 more inputs). ``rot`` is the pose the image
+    is at (the cryoDRGN convention, lattice ``coords @ rot``), the same the decoder renders it
+    with; it is detached (a pose is an input, not a parameter).
+    """
+
+    input_kind = "points"
+    #: the model calls ``forward(x, rot)`` (see the module docstring)
+    needs_pose = True
+
+    def __init__(
+        self,
+        in_dim: int,
+        zdim: int,
+        layers: int = 3,
+        dim: int = 1024,
+        activation: str = "relu",
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.zdim = check_int(zdim, "zdim", 1)
+        check_int(in_dim, "in_dim", 1)
+        cls = ResidLinearMLP if residual else MLP
+        self.main = cls(in_dim + POSE_DIM, layers, dim, 2 * zdim, activation).main
+        self.in_dim = in_dim
+
+    def forward(self, x: Tensor, rot: Tensor) -> tuple[Tensor, Tensor]:
+        if x.ndim != 2 or x.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"x must have shape (B, {self.in_dim}) (encoder-mask points), got {tuple(x.shape)}"
+            )
+        if not isinstance(rot, Tensor) or tuple(rot.shape) != (x.shape[0], 3, 3):
+            got = tuple(rot.shape) if isinstance(rot, Tensor) else type(rot).__name__
+            raise ValueError(f"rot must have shape ({x.shape[0]}, 3, 3) (poses), got {got}")
+        code = pose_code(rot.detach()).to(device=x.device, dtype=x.dtype)
+        out = self.main(torch.cat([x, code], dim=-1))
+        return out[:, : self.zdim], out[:, self.zdim :]
+
+
 def _conv_out(size: int) -> int:
     """Output size of a 3×3 convolution with stride 2 and padding 1."""
     return (size + 2 * 1 - 3) // 2 + 1
@@ -201,6 +277,19 @@ def resid_mlp(
 ) -> MLPEncoder:
     """Residual MLP on the encoder-mask pixels (cryoDRGN's default encoder)."""
     return MLPEncoder(in_dim, zdim, layers, dim, activation, residual=True)
+
+
+@ENCODERS.register("pose-mlp")
+def pose_mlp(
+    in_dim: int,
+    zdim: int,
+    layers: int = 3,
+    dim: int = 1024,
+    activation: str = "relu",
+    D: int | None = None,
+) -> PoseMLPEncoder:
+    """Residual MLP on the encoder-mask pixels and the pose (6-D: the rotation's first rows)."""
+    return PoseMLPEncoder(in_dim, zdim, layers, dim, activation, residual=True)
 
 
 @ENCODERS.register("mlp")

@@ -18,6 +18,12 @@ Conventions (cryoDRGN's ``train_vae``; pinned by ``tests/unit/test_models_*.py``
       loss  = recon + beta · kld / Npix          (beta defaults to 1/zdim)
 
 * Without CTF (``ctf=None``) there is no phase flip and no CTF multiplication.
+* A pose-conditioned encoder (``needs_pose = True``, e.g. ``pose-mlp``) also gets the image's
+  ``(B, 3, 3)`` pose ``R`` (the one the decoder renders it at): ``encoder(x, R)``. Other encoders
+  never see it, so ``encode(…, rot=R)`` is bit-identical to ``encode(…)`` for them.
+* Semi-amortized inference (:meth:`HetVAE.refine`): the posterior mean, then Adam steps on each
+  image's point objective ``recon_i + beta · ½|z_i|² / Npix`` against the frozen decoder at the
+  image's pose (:mod:`cryonoo.models.refine`).
 * Lattice geometry (coordinates, masks, rotations, CTF, phases) is computed in float32 with
   autocast disabled; only the networks run in reduced precision under ``torch.autocast``.
 """
@@ -32,6 +38,7 @@ from torch import Tensor, nn
 
 from cryonoo.models.base import LatticeModel, build_component, check_zdim
 from cryonoo.models.encoders import ENCODERS
+from cryonoo.models.refine import REFINE_LR, REFINE_STEPS, OnStep, frozen
 from cryonoo.physics.lattice import check_odd_lattice, circular_mask
 from cryonoo.types import Batch, StepOutput
 
@@ -118,15 +125,33 @@ class HetVAE(LatticeModel):
         if getattr(self.encoder, "zdim", zdim) != zdim:
             raise ValueError(f"encoder: built for zdim={self.encoder.zdim}, the model has {zdim}")
         self.input_kind = getattr(self.encoder, "input_kind", "points")
+        #: whether the training loss reaches the encoder (``False``: the decoder learns from
+        #: detached latents; wake-sleep training sets it, see SelfDistillation)
+        self.latent_grad = True
+
+    @property
+    def needs_pose(self) -> bool:
+        """Whether the encoder is conditioned on the pose (``encode`` then needs ``rot``)."""
+        return bool(getattr(self.encoder, "needs_pose", False))
 
     # ------------------------------------------------------------- pipeline
-    def _encode_prepared(self, y: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _encode_prepared(
+        self, y: Tensor, c: Tensor | None, rot: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         x = y if c is None else y * torch.sign(c)
         x = x.index_select(1, self._enc_pos)
         if self.input_kind == "image":
             x = x.new_zeros(x.shape[0], self.D * self.D).index_copy(1, self._enc_idx, x)
             x = x.reshape(-1, self.D, self.D)
-        mu, logvar = self.encoder(x)
+        if self.needs_pose:
+            if rot is None:
+                raise ValueError(
+                    f"the encoder ({type(self.encoder).__name__}) is conditioned on the pose: "
+                    "pass rot=(B, 3, 3) rotations (the images' poses, batch.rot) to encode"
+                )
+            mu, logvar = self.encoder(x, rot)
+        else:
+            mu, logvar = self.encoder(x)
         return mu.float(), logvar.float()
 
     def forward(self, batch: Batch) -> StepOutput:
@@ -148,7 +173,9 @@ class HetVAE(LatticeModel):
         b = self._check_images(batch.images)
         self._check(batch.rot, "batch.rot", (b, 3, 3), "rotation matrices")
         y, c = self._prepare(batch.images, batch.ctf, batch.trans)
-        mu, logvar = self._encode_prepared(y, c)
+        mu, logvar = self._encode_prepared(y, c, batch.rot)
+        if not self.latent_grad:
+            mu, logvar = mu.detach(), logvar.detach()
         z = self.reparameterize(mu, logvar)
         c_loss = None if c is None else c.index_select(1, self._loss_pos)
         pred = self._decode(z, batch.rot, c_loss)
@@ -165,16 +192,64 @@ class HetVAE(LatticeModel):
         return StepOutput(loss=loss, z=mu, terms=terms, render=self._to_image(pred))
 
     def encode_distribution(
-        self, images: Tensor, ctf: Tensor | None = None, trans: Tensor | None = None
+        self,
+        images: Tensor,
+        ctf: Tensor | None = None,
+        trans: Tensor | None = None,
+        rot: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``(B, D, D)`` → ``(mu, logvar)``, each ``(B, zdim)``, with training's preprocessing."""
-        return self._encode_prepared(*self._prepare(images, ctf, trans))
+        """``(B, D, D)`` → ``(mu, logvar)``, each ``(B, zdim)``, with training's preprocessing.
+
+        Arguments as :meth:`encode`."""
+        b = self._check_images(images)
+        self._check(rot, "rot", (b, 3, 3), "rotation matrices, the images' poses")
+        y, c = self._prepare(images, ctf, trans)
+        return self._encode_prepared(y, c, rot)
 
     def encode(
-        self, images: Tensor, ctf: Tensor | None = None, trans: Tensor | None = None
+        self,
+        images: Tensor,
+        ctf: Tensor | None = None,
+        trans: Tensor | None = None,
+        rot: Tensor | None = None,
     ) -> Tensor:
-        """``(B, D, D)`` → ``(B, zdim)`` posterior means (translation, phase flip, mask)."""
-        return self.encode_distribution(images, ctf, trans)[0]
+        """``(B, D, D)`` → ``(B, zdim)`` posterior means (translation, phase flip, mask).
+
+        ``ctf`` is ``(B, 8)`` or ``None``; ``trans`` is ``(B, 2)`` shifts ``(tx, ty)`` in pixels
+        (the images are translated by ``+trans`` before encoding) or ``None`` for centred
+        images; ``rot`` is the ``(B, 3, 3)`` poses (cryoDRGN convention, ``coords @ rot``):
+        required by a pose-conditioned encoder (:attr:`needs_pose`; ``ValueError`` without
+        it), checked for shape and otherwise unused."""
+        return self.encode_distribution(images, ctf, trans, rot)[0]
+
+    def latent_prior(self, z: Tensor) -> Tensor:
+        """``(B,)`` float32 ``beta · ½|z_b|² / Npix``: the prior of test-time refinement.
+
+        The training objective's KL term with ``z`` a point estimate: the KL of a point mass to
+        ``N(0, I)`` is not defined, so the prior's negative log density ``½|z|²`` (up to a
+        constant) takes its place, with the same weight ``beta / Npix`` (per-pixel MSE units).
+        """
+        return self.beta * 0.5 * z.float().pow(2).sum(dim=1) / self.n_pix
+
+    def refine(
+        self,
+        images: Tensor,
+        rot: Tensor,
+        ctf: Tensor | None = None,
+        trans: Tensor | None = None,
+        *,
+        steps: int = REFINE_STEPS,
+        lr: float = REFINE_LR,
+        on_step: OnStep | None = None,
+    ) -> Tensor:
+        """Semi-amortized latents: ``(B, D, D)`` images at poses ``rot`` ``(B, 3, 3)`` (CTF
+        ``(B, 8)``, shifts ``(B, 2)`` px) → ``(B, zdim)``: the posterior mean, then ``steps``
+        Adam steps (learning rate ``lr``) of :meth:`refine_latents`; ``steps=0`` → the mean."""
+        with frozen(self), torch.no_grad():  # eval mode, as encode_dataset
+            mu = self.encode(images, ctf, trans, rot)
+        return self.refine_latents(
+            images, rot, ctf, trans, z0=mu, steps=steps, lr=lr, on_step=on_step
+        )
 
     def config(self) -> dict[str, Any]:
         """The constructor keyword arguments (JSON-serializable): ``HetVAE(**model.config())``."""

@@ -18,6 +18,66 @@ over views and images.
   factor ``f_j``.
 * ``noise`` — the "noise augmentation" baseline: the same noise added to the input images.
 * ``crop-flip-rotate`` — conventional real-space augmentations of the input images.
+* ``dream`` — the sleep phase of wake-sleep training: the decoder's rendering of latents drawn
+  from a fixed distribution (not the batch's own), at uniformly random poses, plus noise. It
+  returns a third element, the latents that rendered the views, which replace the anchor: the
+  encoder learns to invert the generative model on images it has never seen, drawn afresh at
+  every step.
+
+Return value and poses
+----------------------
+Every registered augmenter has ``make_views(batch, model, step, generator) →``
+:class:`~cryonoo.types.Views` (``views``, ``ctf``, ``rot``, ``targets``), which the
+self-distillation wrapper calls; ``__call__`` is ``make_views(…).as_tuple()``, the legacy return
+``(views, ctf)``, or ``(views, ctf, targets)`` with ``targets`` the ``(B, zdim)`` latents the
+views must encode to (instead of the batch's own latents). A custom augmenter may still return
+only the tuple from ``__call__``.
+
+``Views.rot`` is the ``(J, B, 3, 3)`` pose of every view (cryoDRGN convention, lattice
+``coords @ rot``), which a pose-conditioned encoder (``pose-mlp``) is given with the view:
+
+* ``reproject-noise`` (``pose="same"``) and ``noise``: the image's own pose, ``batch.rot`` for
+  every view;
+* ``reproject-noise`` (``pose="random"``) and ``dream``: the random pose each image was
+  rendered at (shared by its J views);
+* ``crop-flip-rotate``: the image's pose composed with the view's in-plane transform. The view
+  samples the input at ``M·x`` (``x = (col, row)`` about the centre), ``M = s·A(a)·F`` with
+  ``A(a)`` the 2-D rotation by ``a``, ``F = diag(f, 1)`` the flip (``f = ±1``) and ``s`` the crop
+  scale. Its spectrum at ``k = (kx, ky)`` (same axes, ``kx`` along columns as in
+  :func:`~cryonoo.physics.lattice.lattice_coords`) is the input's at ``A(a)·F·k / s``, and the
+  input's at ``q`` is the volume's at ``[q, 0] @ rot``, so the view is the slice at pose
+  ``Qᵀ @ rot`` with ``Q = blockdiag(A(a)·F, f)`` (magnified by ``1/s``, which a pose cannot
+  express). ``Q`` is a proper rotation also for a flip: on the slice plane (``kz = 0``) its
+  ``(3, 3)`` entry ``f`` plays no part, and ``f = −1`` there turns the mirror into the 180°
+  rotation about the image's ``y`` axis, which gives the same projection.
+
+A legacy augmenter (tuple only) states no poses: the wrapper then uses ``batch.rot`` if the
+augmenter sets ``views_keep_pose = True``, and refuses a pose-conditioned model otherwise.
+
+Translations
+------------
+The anchor latent ``z0`` comes from ``model.training_step(batch)``, which encodes each image
+after translating it by its in-plane shift ``batch.trans`` (``(B, 2)`` pixels, ``(tx, ty)``;
+:class:`~cryonoo.models.vae.HetVAE` applies :func:`~cryonoo.physics.shifts.shift_ht`'s phase
+shift, content moving by ``+trans``, which centres the particle). Every registered augmenter
+therefore returns **centred** views, which the wrapper encodes with no translation:
+
+* renderings (``reproject-noise``, ``dream``) are centred by construction (the decoder renders
+  at the origin); ``batch.trans`` plays no part in them.
+* views built from the input images (``noise``, ``crop-flip-rotate``) are re-centred here with
+  :func:`recenter`, the same odd-lattice phase shift the encoder applies. For
+  ``crop-flip-rotate`` the re-centring must come **first**: its flips, rotations and crops act
+  about the image centre, so an off-centre particle would be rotated about the wrong point and
+  no shift applied afterwards (by the encoder) could undo that. For ``noise`` it comes **after**
+  the noise: the views are then exactly the encoder's own preprocessing of ``image + noise``
+  (with σ = 0 the view's latent *is* ``z0``, for sub-pixel shifts too), and white noise is
+  translation invariant, so the order does not change its distribution.
+
+Each augmenter declares ``views_from_input`` (whether its views derive from ``batch.images``;
+descriptive). An augmenter whose views stay in the input images' un-centred frame may instead
+set ``views_need_trans = True``: the wrapper then encodes its views with ``batch.trans``
+(repeated over the J views) and raises if the model's ``encode`` takes no ``trans``. No
+registered augmenter needs that.
 """
 
 from __future__ import annotations
@@ -31,15 +91,20 @@ from torch import Tensor
 
 from cryonoo.physics.fft import ht2_center, iht2_center, symmetrize_ht, unsymmetrize_ht
 from cryonoo.physics.rotations import random_rotations
+from cryonoo.physics.shifts import shift_ht
 from cryonoo.registry import Registry
-from cryonoo.types import Batch, ReconstructionModel, StepOutput
+from cryonoo.types import Batch, ReconstructionModel, StepOutput, Views
 
 __all__ = [
     "AUGMENTERS",
     "CropFlipRotate",
+    "Dream",
     "NoiseAugment",
     "ReprojectNoise",
+    "Views",
     "from_real_space",
+    "inplane_pose",
+    "recenter",
     "to_real_space",
 ]
 
@@ -54,6 +119,68 @@ def to_real_space(x: Tensor) -> Tensor:
 def from_real_space(x: Tensor) -> Tensor:
     """``(…, n, n)`` real-space images (n even) → ``(…, n+1, n+1)`` data-domain images."""
     return symmetrize_ht(ht2_center(x))
+
+
+def recenter(images: Tensor, trans: Tensor | None) -> Tensor:
+    """Centre data-domain images by their in-plane shifts, as the model's encoder would.
+
+    Parameters
+    ----------
+    images:
+        ``(…, B, D, D)`` data-domain Hartley images on the odd lattice (e.g. ``(J, B, D, D)``
+        views).
+    trans:
+        ``(B, 2)`` shifts ``(tx, ty)`` in **pixels** (``batch.trans``), or ``None``. Detached:
+        the views are fixed inputs, like the detached images they come from.
+
+    Returns
+    -------
+    Tensor
+        ``(…, B, D, D)``: :func:`~cryonoo.physics.shifts.shift_ht` of ``images`` by ``+trans``
+        (content moves by ``+t``), the phase shift ``HetVAE`` applies in ``_prepare`` before
+        encoding; ``images`` itself when ``trans`` is ``None``. For a sub-pixel shift the ±Nyquist
+        copies of the result differ, as in the encoder (see :mod:`cryonoo.physics.shifts`).
+    """
+    if trans is None:
+        return images
+    return shift_ht(images, trans.detach())
+
+
+def _per_view(rot: Tensor, num_views: int) -> Tensor:
+    """``(B, 3, 3)`` poses → ``(J, B, 3, 3)`` (the same pose for the J views of an image)."""
+    return rot.detach().unsqueeze(0).expand(num_views, -1, -1, -1)
+
+
+def inplane_pose(rot: Tensor, angle: Tensor, flip: Tensor) -> Tensor:
+    """The pose of an image after an in-plane rotation and flip (see the module docstring).
+
+    Parameters
+    ----------
+    rot:
+        ``(M, 3, 3)`` poses of the input images (cryoDRGN convention, ``coords @ rot``).
+    angle:
+        ``(M,)`` angles ``a`` in **radians** of ``crop-flip-rotate``'s sampling matrix
+        ``A(a) = [[cos a, −sin a], [sin a, cos a]]`` on ``(col, row)`` coordinates (the view
+        samples the input at ``A(a)·F·x``).
+    flip:
+        ``(M,)`` ``f = −1`` (the view samples the input at ``(−x, y)`` before the rotation) or
+        ``+1``.
+
+    Returns
+    -------
+    Tensor
+        ``(M, 3, 3)`` ``Qᵀ @ rot`` with ``Q = blockdiag(A(a)·diag(f, 1), f)``, a proper
+        rotation: the view's slice is the volume's spectrum at ``coords @ (Qᵀ @ rot)``.
+    """
+    angle = angle.to(rot.dtype)
+    f = flip.to(rot.dtype)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    # Qᵀ = blockdiag(diag(f, 1)·A(−a), f)
+    q_t = torch.stack([f * cos, f * sin, zero, -sin, cos, zero, zero, zero, f], dim=-1).view(
+        -1, 3, 3
+    )
+    return q_t @ rot.detach()
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -119,8 +246,15 @@ class ReprojectNoise:
         sees the conformation from views the training set does not contain.
 
     Otherwise ``model.render(step.z, rot, batch.ctf)`` is called (under ``no_grad`` when
-    detached). Returns ``(views (J, B, D, D), batch.ctf)``.
+    detached). Returns ``(views (J, B, D, D), batch.ctf)``: centred renderings, independent of
+    ``batch.trans`` (only through ``step.z``, whose encoding already applied it);
+    :meth:`make_views` adds their poses (``batch.rot``, or the random poses).
     """
+
+    #: the noise std is the data's own σ: the trainer passes ``sigma`` (see recipes)
+    uses_data_sigma = True
+    #: views are centred renderings, encoded without a translation
+    views_from_input = False
 
     def __init__(
         self,
@@ -147,11 +281,22 @@ class ReprojectNoise:
         step: StepOutput,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        return self.make_views(batch, model, step, generator).as_tuple()
+
+    def make_views(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> Views:
+        """``Views(views (J, B, D, D), batch.ctf, rot (J, B, 3, 3))``: ``rot`` is the pose each
+        image was rendered at (``batch.rot``, or the random one), shared by its J views."""
         render = step.render if self.pose == "same" else None
+        rot = batch.rot
+        if self.pose == "random":
+            rot = random_rotations(len(batch), generator, dtype=rot.dtype, device=rot.device)
         if render is None:
-            rot = batch.rot
-            if self.pose == "random":
-                rot = random_rotations(len(batch), generator, dtype=rot.dtype, device=rot.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_render):
                 render = model.render(step.z, rot, batch.ctf)
         if self.detach_render:
@@ -160,7 +305,8 @@ class ReprojectNoise:
             raise ValueError(
                 f"rendering has shape {tuple(render.shape)}, expected {tuple(batch.images.shape)}"
             )
-        return noisy_views(render, self.sigma, self.noise_factors, generator), batch.ctf
+        views = noisy_views(render, self.sigma, self.noise_factors, generator)
+        return Views(views, batch.ctf, rot=_per_view(rot, self.num_views))
 
     def __repr__(self) -> str:
         return (
@@ -174,8 +320,15 @@ class NoiseAugment:
     """Noise-augmentation baseline: the input images plus real-space noise of std f_j·σ.
 
     Same parameters as ``reproject-noise`` without the model: ``sigma`` (data-domain real-space
-    units) and ``noise_factors`` (one view each). Returns ``(views (J, B, D, D), batch.ctf)``.
+    units) and ``noise_factors`` (one view each). Returns ``(views (J, B, D, D), batch.ctf)``,
+    re-centred by ``batch.trans`` after the noise is added (:func:`recenter`; see the module
+    docstring): with σ = 0 each view is encoded exactly like the anchor.
     """
+
+    #: the noise std is the data's own σ: the trainer passes ``sigma`` (see recipes)
+    uses_data_sigma = True
+    #: views derive from ``batch.images``; re-centred here, so encoded without a translation
+    views_from_input = True
 
     def __init__(self, sigma: float, noise_factors: Sequence[float] = (0.5, 1.0, 1.5)) -> None:
         self.sigma = _check_sigma(sigma)
@@ -192,8 +345,20 @@ class NoiseAugment:
         step: StepOutput,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        images = batch.images.detach()
-        return noisy_views(images, self.sigma, self.noise_factors, generator), batch.ctf
+        return self.make_views(batch, model, step, generator).as_tuple()
+
+    def make_views(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> Views:
+        """``Views(views (J, B, D, D), batch.ctf, rot = batch.rot for every view)``."""
+        views = noisy_views(batch.images.detach(), self.sigma, self.noise_factors, generator)
+        return Views(
+            recenter(views, batch.trans), batch.ctf, rot=_per_view(batch.rot, self.num_views)
+        )
 
     def __repr__(self) -> str:
         return f"NoiseAugment(sigma={self.sigma:g}, noise_factors={self.noise_factors})"
@@ -214,7 +379,17 @@ class CropFlipRotate:
 
     Bilinear interpolation, zeros outside the image. The CTF is returned unchanged (an in-plane
     rotation or flip of an astigmatic CTF is not modelled: this is a naive baseline).
+
+    The images are first re-centred by ``batch.trans`` (:func:`recenter`), so that the
+    transforms act about the particle's centre and the views are centred: encoding a view with
+    the image's shift after an off-centre rotation would not centre it (see the module
+    docstring). Returns ``(views (J, B, D, D), batch.ctf)``; :meth:`make_views` adds each
+    view's pose, ``batch.rot`` composed with the view's rotation and flip
+    (:func:`inplane_pose`; the crop's magnification is not a pose).
     """
+
+    #: views derive from ``batch.images``; re-centred first, so encoded without a translation
+    views_from_input = True
 
     def __init__(
         self,
@@ -248,7 +423,18 @@ class CropFlipRotate:
         step: StepOutput,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        real = to_real_space(batch.images.detach())  # (B, n, n)
+        return self.make_views(batch, model, step, generator).as_tuple()
+
+    def make_views(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> Views:
+        """``Views(views (J, B, D, D), batch.ctf, rot (J, B, 3, 3))``, ``rot`` the pose of each
+        view (:func:`inplane_pose` of ``batch.rot`` and the view's angle and flip)."""
+        real = to_real_space(recenter(batch.images.detach(), batch.trans))  # (B, n, n)
         n_img, n = real.shape[0], real.shape[-1]
         m = self.num_views * n_img
         u = _rand((m, 6), generator, real).to(real.dtype)
@@ -266,8 +452,8 @@ class CropFlipRotate:
         lin = rot * scale.view(m, 1, 1)
         c = torch.full((m, 2), 1.0 / n, dtype=real.dtype, device=real.device)
         shift = offset if self.crop_mode == "resize" else torch.zeros_like(offset)
-        trans = c - (lin @ c.unsqueeze(-1)).squeeze(-1) + shift
-        theta = torch.cat([lin, trans.unsqueeze(-1)], dim=-1)  # (m, 2, 3)
+        affine_t = c - (lin @ c.unsqueeze(-1)).squeeze(-1) + shift
+        theta = torch.cat([lin, affine_t.unsqueeze(-1)], dim=-1)  # (m, 2, 3)
         grid = F.affine_grid(theta, [m, 1, n, n], align_corners=False)
         src = real.unsqueeze(0).expand(self.num_views, -1, -1, -1).reshape(m, 1, n, n)
         out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -279,11 +465,104 @@ class CropFlipRotate:
             half = s.view(m, 1, 1)
             out = out * ((gx.abs() <= half) & (gy.abs() <= half)).to(out.dtype)
         views = from_real_space(out.view(self.num_views, n_img, n, n))
-        return views, batch.ctf
+        src_rot = batch.rot.unsqueeze(0).expand(self.num_views, -1, -1, -1).reshape(m, 3, 3)
+        poses = inplane_pose(src_rot, angle, flip).view(self.num_views, n_img, 3, 3)
+        return Views(views, batch.ctf, rot=poses)
 
     def __repr__(self) -> str:
         return (
             f"CropFlipRotate(num_views={self.num_views}, flip_p={self.flip_p}, rot90={self.rot90}, "
             f"max_angle_deg={self.max_angle_deg}, crop_scale={self.crop_scale}, "
             f"crop_mode={self.crop_mode!r})"
+        )
+
+
+@AUGMENTERS.register("dream")
+class Dream:
+    """Sleep-phase views: renderings of latents from a fixed distribution, with their latents.
+
+    Per batch of ``B`` images: ``B`` latents are drawn, each is rendered by the model (no
+    gradient: the decoder is the teacher) at a uniformly random pose with the CTF of one of the
+    batch's images, and real-space noise of std ``f_j·σ`` makes view ``j``. The views' targets
+    are the drawn latents, so the objective (``regress``) trains the encoder to recover the
+    latent that made a noisy image — on fresh images at every step, so it cannot memorize.
+
+    Parameters
+    ----------
+    sigma:
+        Noise std in the real-space units of the data domain (``σ_raw / norm_std``).
+    noise_factors:
+        ``f_1 … f_J``; one view per factor (default: the data's own noise level).
+    latents:
+        ``"prior"``: ``N(0, I)``, the VAE's prior. ``"batch"``: ``N(m, diag s²)`` with ``m, s``
+        the per-dimension mean and std of the batch's (detached) posterior means, a Gaussian
+        fit of the aggregate posterior that follows where the data's latents actually lie.
+
+    Returns ``(views (J, B, D, D), batch.ctf, targets (B, zdim))``; the views are centred
+    renderings, independent of ``batch.trans``. :meth:`make_views` adds the random poses they
+    were rendered at.
+    """
+
+    #: the noise std is the data's own σ: the trainer passes ``sigma`` (see recipes)
+    uses_data_sigma = True
+    #: views are centred renderings, encoded without a translation
+    views_from_input = False
+
+    def __init__(
+        self,
+        sigma: float,
+        noise_factors: Sequence[float] = (1.0,),
+        latents: str = "prior",
+    ) -> None:
+        if latents not in ("prior", "batch"):
+            raise ValueError(f"latents must be 'prior' or 'batch', got {latents!r}")
+        self.sigma = _check_sigma(sigma)
+        self.noise_factors = _check_factors(noise_factors)
+        self.latents = latents
+
+    @property
+    def num_views(self) -> int:
+        return len(self.noise_factors)
+
+    def draw(self, z: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``(B, zdim)`` latents to render, given the batch's ``(B, zdim)`` posterior means."""
+        eps = _randn(z.shape, generator, z)
+        if self.latents == "prior":
+            return eps
+        z = z.detach().float()
+        return z.mean(dim=0) + z.std(dim=0) * eps
+
+    def __call__(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        out = self.make_views(batch, model, step, generator)
+        assert out.targets is not None
+        return out.views, out.ctf, out.targets
+
+    def make_views(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> Views:
+        """``Views(views (J, B, D, D), batch.ctf, rot (J, B, 3, 3), targets (B, zdim))``:
+        ``rot`` the random pose each latent was rendered at, shared by its J views."""
+        targets = self.draw(step.z, generator)
+        rot = random_rotations(
+            len(batch), generator, dtype=batch.rot.dtype, device=batch.rot.device
+        )
+        with torch.no_grad():
+            render = model.render(targets, rot, batch.ctf).detach()
+        views = noisy_views(render.float(), self.sigma, self.noise_factors, generator)
+        return Views(views, batch.ctf, rot=_per_view(rot, self.num_views), targets=targets)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dream(sigma={self.sigma:g}, noise_factors={self.noise_factors}, "
+            f"latents={self.latents!r})"
         )

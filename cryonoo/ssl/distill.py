@@ -7,7 +7,10 @@ Afterwards, per batch of ``B`` images::
 
     step        = model.training_step(batch)                 # loss, z0 = step.z, step.render
     views, ctf  = augmenter(batch, model, step, generator)   # (J, B, D, D), (B, 8) | None
+                  # (augmenter.make_views(…) when it has one: a Views, with the views' poses)
     z_views     = model.encode(views.reshape(J·B, D, D), ctf.repeat(J, 1))   # ONE encoder call
+                  # (+ trans=batch.trans.repeat(J, 1) only if augmenter.views_need_trans)
+                  # (+ rot=<the views' poses> only if model.needs_pose; see Poses below)
     ssl         = Σ_j objective(z0, z_views[j])["loss"]   # z0 through the heads once
     loss        = step.loss + weight · ssl
 
@@ -19,10 +22,30 @@ epochs, noise factors 0.5, 1, 1.5 of the data's σ) this is the paper's objectiv
 Logged terms (detached) gain ``ssl/loss`` (the sum over views, before ``weight``), one
 ``ssl/<term>`` per objective term (the **mean** over the J views, so monitors such as ``std``
 keep their scale) and ``ssl/skipped`` (1 when the batch had fewer than 2 images).
+
+Translations: ``z0`` is encoded with the image's in-plane shift ``batch.trans`` (``(B, 2)``
+pixels), i.e. of the centred particle. Every registered augmenter returns centred views — the
+model's renderings are centred, and views of the input images are re-centred by the augmenter
+*before* any geometric transform (see :mod:`cryonoo.ssl.augment`) — so the views are encoded
+with no translation and models whose ``encode`` takes no ``trans`` keep working. A custom
+augmenter whose views stay in the input images' frame declares ``views_need_trans = True``;
+its views are then encoded with ``trans = batch.trans.repeat(J, 1)``, and a model whose
+``encode`` cannot take ``trans`` raises ``TypeError`` instead of silently dropping the shift.
+
+Poses: a model whose encoder is conditioned on the pose (``model.needs_pose``, e.g. a
+:class:`~cryonoo.models.vae.HetVAE` with the ``pose-mlp`` encoder) gets every view's pose as
+``rot=`` (``(J·B, 3, 3)``, view-major like the views): the augmenter's
+:class:`~cryonoo.types.Views` ``rot`` from ``make_views`` — ``batch.rot`` for views at the
+image's own pose (``reproject-noise``, ``noise``), the rendering poses for random-pose
+renderings (``reproject-noise`` with ``pose="random"``, ``dream``), the in-plane-composed poses
+for ``crop-flip-rotate``. A legacy augmenter (tuple only) gets ``batch.rot`` if it declares
+``views_keep_pose = True`` and is refused otherwise (``ValueError``). The anchor (and the
+teacher) are encoded with ``batch.rot``. Models without ``needs_pose`` are never given ``rot``.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from typing import Any
@@ -32,7 +55,7 @@ from torch import Tensor, nn
 
 from cryonoo.ssl.augment import AUGMENTERS
 from cryonoo.ssl.objectives import SSL
-from cryonoo.types import Augmenter, Batch, ReconstructionModel, SSLObjective, StepOutput
+from cryonoo.types import Augmenter, Batch, ReconstructionModel, SSLObjective, StepOutput, Views
 
 __all__ = ["SelfDistillation"]
 
@@ -45,6 +68,24 @@ def _accepted(factory: Any) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def _takes_keyword(fn: Any, name: str) -> bool:
+    """Whether ``fn`` accepts a ``name=`` keyword (``True`` when it cannot be inspected)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in keyword)
+        for p in params
+    )
+
+
+def _takes_trans(fn: Any) -> bool:
+    """Whether ``fn`` accepts a ``trans=`` keyword (``True`` when it cannot be inspected)."""
+    return _takes_keyword(fn, "trans")
 
 
 def _infer_zdim(model: nn.Module) -> int:
@@ -82,6 +123,18 @@ class SelfDistillation(nn.Module):
         then trains the encoder only through the views, to map re-noised renderings onto the
         latent of the real image, and cannot pull ``z0`` itself toward the (initially blurry,
         conformation-poor) renderings. Off by default (the symmetric VICReg of the paper).
+    encoder_from_ssl_only:
+        After warm-up, train the encoder by the SSL term alone (wake-sleep): the model's own
+        loss then reaches the decoder through detached latents (the model must have a
+        ``latent_grad`` switch, as :class:`~cryonoo.models.vae.HetVAE` does). With the
+        ``dream`` augmenter this is the sleep phase of a Helmholtz machine: the encoder never
+        fits the training images themselves, so it has nothing of theirs to memorize.
+    teacher_momentum:
+        Encode the anchor with an exponential-moving-average copy of the model (the teacher,
+        as in BYOL/DINO) instead of the model itself: after each step the teacher's parameters
+        move to ``m·θ_teacher + (1 − m)·θ_model``. It starts as a copy of the model at the
+        first SSL step (the end of warm-up) and receives no gradient. ``None`` (default): no
+        teacher.
     decoder_prefix:
         Parameter-name prefix of the decoder (default ``"decoder"``).
     zdim:
@@ -105,6 +158,8 @@ class SelfDistillation(nn.Module):
         zdim: int | None = None,
         *,
         detach_target: bool = False,
+        encoder_from_ssl_only: bool = False,
+        teacher_momentum: float | None = None,
         decoder_prefix: str = "decoder",
         objective_kwargs: dict[str, Any] | None = None,
         augmenter_kwargs: dict[str, Any] | None = None,
@@ -149,6 +204,19 @@ class SelfDistillation(nn.Module):
         self.warmup_epochs = int(warmup_epochs)
         self.decoder_freeze = bool(decoder_freeze)
         self.detach_target = bool(detach_target)
+        self.encoder_from_ssl_only = bool(encoder_from_ssl_only)
+        self.teacher: nn.Module | None = None
+        if teacher_momentum is not None:
+            if not 0 <= teacher_momentum < 1:
+                raise ValueError(f"teacher_momentum must be in [0, 1), got {teacher_momentum}")
+            self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
+            self.register_buffer("teacher_started", torch.zeros((), dtype=torch.bool))
+        self.teacher_momentum = teacher_momentum
+        if self.encoder_from_ssl_only and not hasattr(model, "latent_grad"):
+            raise ValueError(
+                "encoder_from_ssl_only=True needs a model with a `latent_grad` switch (whether "
+                f"its own loss trains the encoder); {type(model).__name__} has none"
+            )
         self.decoder_prefix = decoder_prefix
         self.epoch = 0
         self._frozen: list[str] = []
@@ -172,6 +240,8 @@ class SelfDistillation(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Tell the wrapper the current (0-based) epoch; applies or lifts the decoder freeze."""
         self.epoch = int(epoch)
+        if self.encoder_from_ssl_only:
+            self.model.latent_grad = not self.active
         params = dict(self.model.named_parameters())
         if self.decoder_freeze and self.active and not self._frozen:
             for name in self.decoder_parameter_names():
@@ -184,9 +254,45 @@ class SelfDistillation(nn.Module):
             self._frozen = []
 
     # ------------------------------------------------------------------ protocol
-    def encode(self, images: Tensor, ctf: Tensor | None = None) -> Tensor:
-        """The wrapped model's ``encode``."""
-        return self.model.encode(images, ctf)
+    @property
+    def needs_pose(self) -> bool:
+        """Whether the wrapped model's encoder is conditioned on the pose (``model.needs_pose``)."""
+        return bool(getattr(self.model, "needs_pose", False))
+
+    def encode(
+        self,
+        images: Tensor,
+        ctf: Tensor | None = None,
+        trans: Tensor | None = None,
+        rot: Tensor | None = None,
+    ) -> Tensor:
+        """The wrapped model's ``encode``: ``(B, D, D)``, ``(B, 8) | None``, ``(B, 2) | None``
+        pixels, ``(B, 3, 3) | None`` poses → ``(B, zdim)``.
+
+        ``trans`` and ``rot`` are passed on (as ``trans=``, ``rot=``) only when given, so models
+        whose ``encode`` takes neither work as long as none is needed; given one, such a model
+        raises ``TypeError`` rather than encoding un-centred images or dropping the pose.
+        """
+        kwargs: dict[str, Tensor] = {}
+        if trans is not None:
+            if not _takes_trans(self.model.encode):
+                raise TypeError(
+                    f"{type(self.model).__name__}.encode takes no `trans` argument, but the "
+                    f"images to encode need their in-plane shifts (augmenter {self.augmenter!r} "
+                    "declares views_need_trans): add `trans: Tensor | None = None` ((B, 2) "
+                    "pixels) to the model's encode, or re-centre the views in the augmenter "
+                    "(see cryonoo.ssl.augment.recenter)"
+                )
+            kwargs["trans"] = trans
+        if rot is not None:
+            if not _takes_keyword(self.model.encode, "rot"):
+                raise TypeError(
+                    f"{type(self.model).__name__}.encode takes no `rot` argument, but it was "
+                    "given the images' poses: add `rot: Tensor | None = None` ((B, 3, 3)) to "
+                    "the model's encode, or do not declare needs_pose"
+                )
+            kwargs["rot"] = rot
+        return self.model.encode(images, ctf, **kwargs)
 
     def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
         """The wrapped model's ``render``."""
@@ -214,7 +320,8 @@ class SelfDistillation(nn.Module):
             terms = {**step.terms, "ssl/loss": zero, "ssl/skipped": torch.ones_like(zero)}
             return StepOutput(loss=step.loss, z=step.z, terms=terms, render=step.render)
 
-        views, ctf = self.augmenter(batch, self.model, step, generator)
+        out = self._views(batch, step, generator)
+        views, ctf, anchor = out.views, out.ctf, out.targets
         if views.ndim != 4 or views.shape[1:] != batch.images.shape:
             raise ValueError(
                 f"augmenter returned views of shape {tuple(views.shape)}, expected "
@@ -222,12 +329,25 @@ class SelfDistillation(nn.Module):
             )
         n_views, size = views.shape[0], views.shape[-1]
         flat_ctf = None if ctf is None else ctf.repeat(n_views, 1)
-        z_views = self.model.encode(views.reshape(n_views * n_img, size, size), flat_ctf)
+        # registered augmenters return centred views (no translation); see the module docstring
+        flat_trans = None
+        if getattr(self.augmenter, "views_need_trans", False) and batch.trans is not None:
+            flat_trans = batch.trans.detach().repeat(n_views, 1)
+        flat_rot = self._view_poses(out, batch) if self.needs_pose else None
+        z_views = self.encode(
+            views.reshape(n_views * n_img, size, size), flat_ctf, flat_trans, flat_rot
+        )
         z_views = z_views.reshape(n_views, n_img, -1)
 
         # the original image's latent is the anchor; detached, the SSL gradient reaches the
-        # encoder only through the views (robustness) and cannot erase z0's information
-        target = step.z.detach() if self.detach_target else step.z
+        # encoder only through the views (robustness) and cannot erase z0's information.
+        # An augmenter that returns its own targets (dream) fixes the anchor itself.
+        if anchor is not None:
+            target = anchor.detach()
+        elif self.teacher is not None:
+            target = self._teacher_latents(batch)
+        else:
+            target = step.z.detach() if self.detach_target else step.z
         total: Tensor | None = None
         sums: dict[str, Tensor] = {}
         for out in self._score_views(target, z_views):
@@ -244,6 +364,66 @@ class SelfDistillation(nn.Module):
         loss = step.loss + self.weight * total
         return StepOutput(loss=loss, z=step.z, terms=terms, render=step.render)
 
+    @torch.no_grad()
+    def _teacher_latents(self, batch: Batch) -> Tensor:
+        """``(B, zdim)`` anchor latents from the EMA teacher, updated first (see
+        ``teacher_momentum``): the parameters the model has after the previous step."""
+        assert self.teacher is not None and self.teacher_momentum is not None
+        m = 0.0 if not bool(self.teacher_started) else self.teacher_momentum
+        for t, p in zip(self.teacher.parameters(), self.model.parameters(), strict=True):
+            t.lerp_(p.detach(), 1.0 - m)
+        for t, b in zip(self.teacher.buffers(), self.model.buffers(), strict=True):
+            t.copy_(b)
+        self.teacher_started.fill_(True)
+        self.teacher.eval()  # the wrapper's .train() reaches it too
+        if self.needs_pose:
+            return self.teacher.encode(batch.images, batch.ctf, batch.trans, rot=batch.rot).float()
+        return self.teacher.encode(batch.images, batch.ctf, batch.trans).float()
+
+    def _views(self, batch: Batch, step: StepOutput, generator: torch.Generator | None) -> Views:
+        """The augmenter's :class:`~cryonoo.types.Views`: from its ``make_views`` when it has
+        one, else from its legacy ``(views, ctf)`` / ``(views, ctf, targets)`` (no poses)."""
+        make_views = getattr(self.augmenter, "make_views", None)
+        if callable(make_views):
+            out = make_views(batch, self.model, step, generator)
+            if not isinstance(out, Views):
+                raise TypeError(
+                    f"augmenter {self.augmenter!r}: make_views must return a cryonoo.types.Views, "
+                    f"got {type(out).__name__}"
+                )
+        else:
+            legacy = self.augmenter(batch, self.model, step, generator)
+            if len(legacy) == 3:
+                out = Views(legacy[0], legacy[1], targets=legacy[2])
+            else:
+                views, ctf = legacy
+                out = Views(views, ctf)
+        if out.targets is not None and out.targets.shape != step.z.shape:
+            raise ValueError(
+                f"augmenter targets have shape {tuple(out.targets.shape)}, expected "
+                f"{tuple(step.z.shape)} (one latent per image)"
+            )
+        return out
+
+    def _view_poses(self, out: Views, batch: Batch) -> Tensor:
+        """``(J·B, 3, 3)`` detached pose of every view, view-major like the flattened views."""
+        n_views, n_img = out.views.shape[0], len(batch)
+        if out.rot is not None:
+            if tuple(out.rot.shape) != (n_views, n_img, 3, 3):
+                raise ValueError(
+                    f"augmenter {self.augmenter!r} returned view poses of shape "
+                    f"{tuple(out.rot.shape)}, expected ({n_views}, {n_img}, 3, 3)"
+                )
+            return out.rot.detach().reshape(n_views * n_img, 3, 3)
+        if getattr(self.augmenter, "views_keep_pose", False):
+            return batch.rot.detach().repeat(n_views, 1, 1)
+        raise ValueError(
+            f"the model's encoder is conditioned on the pose, but augmenter {self.augmenter!r} "
+            "does not say at which poses its views are: return cryonoo.types.Views(…, rot=(J, B, "
+            "3, 3)) from a make_views method, or set views_keep_pose = True if every view keeps "
+            "its image's pose (batch.rot)"
+        )
+
     def _score_views(self, target: Tensor, z_views: Tensor) -> list[dict[str, Tensor]]:
         """``objective(z0, z_j)`` for every view; the anchor is embedded once when the
         objective offers ``forward_views`` (every registered one does)."""
@@ -256,5 +436,6 @@ class SelfDistillation(nn.Module):
         return (
             f"weight={self.weight}, warmup_epochs={self.warmup_epochs}, "
             f"decoder_freeze={self.decoder_freeze}, detach_target={self.detach_target}, "
+            f"encoder_from_ssl_only={self.encoder_from_ssl_only}, "
             f"augmenter={self.augmenter!r}"
         )

@@ -51,6 +51,7 @@ __all__ = [
     "SSL",
     "BarlowTwinsObjective",
     "InvarianceObjective",
+    "LatentRegression",
     "SimSiamObjective",
     "VICRegObjective",
 ]
@@ -129,6 +130,13 @@ class VICRegObjective(_Objective):
         Weights of the terms (``λ_inv = λ_var = λ_cov = 1`` in CryoNOO).
     gamma, eps:
         Target std and variance epsilon of the variance hinge.
+    cov_scale:
+        ``"fixed"`` (the paper's): the covariance weight as given. ``"rank"``: times
+        ``min(1, (n − 1)/d)`` for a batch of ``n`` and an embedding of width ``d``. A batch
+        narrower than the embedding gives a covariance of rank ≤ ``n − 1``, whose off-diagonal
+        penalty is then at least ``~2 s⁴ (d/(n − 1) − 1)`` for a per-dimension std ``s``: that
+        floor, not the variance hinge, sets the embedding's scale (s ≈ 0.12 at n = 16,
+        d = 1024). Scaled by rank, the floor stays ``O(s⁴)`` and the hinge can act.
 
     The terms follow the ``"official"`` normalization of :func:`cryonoo.ssl.losses.vicreg_terms`.
     """
@@ -144,11 +152,15 @@ class VICRegObjective(_Objective):
         cov: float = 1.0,
         gamma: float = 1.0,
         eps: float = 1e-4,
+        cov_scale: str = "fixed",
     ) -> None:
         super().__init__()
+        if cov_scale not in ("fixed", "rank"):
+            raise ValueError(f"cov_scale must be 'fixed' or 'rank', got {cov_scale!r}")
         self.head = build_head(head, in_dim)
         self.weights = {"inv": float(inv), "var": float(var), "cov": float(cov)}
         self.gamma, self.eps = float(gamma), float(eps)
+        self.cov_scale = cov_scale
 
     def _embed(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.head(z)  # each branch's var/cov statistics are computed once
@@ -159,7 +171,11 @@ class VICRegObjective(_Objective):
     ) -> dict[str, Tensor]:
         (h_a, stats_a), (h_b, stats_b) = e_a, e_b
         t = combine_vicreg_terms(invariance_loss(h_a, h_b), stats_a, stats_b)
-        loss = sum(self.weights[k] * t[k] for k in self.term_names)
+        weights = dict(self.weights)
+        if self.cov_scale == "rank":
+            n, d = h_a.shape
+            weights["cov"] *= min(1.0, (n - 1) / d)
+        loss = sum(weights[k] * t[k] for k in self.term_names)
         return {"loss": loss, **t, "std": collapse_std(h_a)}
 
 
@@ -237,3 +253,27 @@ class BarlowTwinsObjective(_Objective):
     def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         loss = barlow_twins_loss(h_a, h_b, lambd=self.lambd)
         return {"loss": loss, "barlow": loss, "std": collapse_std(h_a)}
+
+
+@SSL.register("regress")
+class LatentRegression(_Objective):
+    """Regress the views' latents onto fixed targets: mean squared error, no statistics.
+
+    The partner of the ``dream`` augmenter (whose targets are the latents that rendered the
+    views, fixed by the wrapper): ``z_a`` is the target, ``z_b`` the encoder's latent of the
+    view. ``head`` (default ``"none"``) maps both before the error; with the identity the loss
+    is in latent units.
+    """
+
+    term_names = ("mse",)
+
+    def __init__(self, in_dim: int, head: HeadSpec | nn.Module = "none") -> None:
+        super().__init__()
+        self.head = build_head(head, in_dim)
+
+    def _embed(self, z: Tensor) -> Tensor:
+        return self.head(z)
+
+    def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
+        mse = invariance_loss(h_a, h_b)
+        return {"loss": mse, "mse": mse, "std": collapse_std(h_b)}

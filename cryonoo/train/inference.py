@@ -1,10 +1,16 @@
 """Latents of a whole dataset by either kind of inference, streamed in batches.
 
 * ``amortized`` — one encoder pass per batch (:class:`~cryonoo.models.vae.HetVAE`); the
-  posterior means, exactly :func:`~cryonoo.train.trainer.encode_dataset`.
+  posterior means, exactly :func:`~cryonoo.train.trainer.encode_dataset` (which gives the
+  dataset's poses, ``Batch.rot``, to a pose-conditioned encoder such as ``pose-mlp``; so does
+  ``refine`` for its starting point).
 * ``autodecode`` — test-time optimization per batch
   (:meth:`~cryonoo.models.autodecoder.AutoDecoder.fit_latents`, all images of a batch at once):
   needs the poses (and uses shifts and CTF when the dataset has them).
+* ``refine`` — semi-amortized (:meth:`~cryonoo.models.vae.HetVAE.refine`): the encoder's
+  posterior mean, then ``steps`` Adam steps (default ``REFINE_STEPS`` = 20, lr ``REFINE_LR`` =
+  5e-2) of each image's point objective against the frozen decoder at its pose; needs the
+  poses, and an encoder (an autodecoder run's test-time fitting is ``autodecode``).
 
 Latents come back in dataset order as ``(N, zdim)`` float32 arrays.
 """
@@ -16,11 +22,22 @@ import torch
 
 from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
+from cryonoo.models.refine import REFINE_LR, REFINE_STEPS
+from cryonoo.models.vae import HetVAE
 from cryonoo.train.trainer import encode_dataset
 
-__all__ = ["METHODS", "autodecode_dataset", "check_method", "infer_latents"]
+__all__ = [
+    "METHODS",
+    "POSED_METHODS",
+    "autodecode_dataset",
+    "check_method",
+    "infer_latents",
+    "refine_dataset",
+]
 
-METHODS = ("amortized", "autodecode")
+METHODS = ("amortized", "autodecode", "refine")
+#: the methods that fit latents at each particle's pose (so the dataset needs poses)
+POSED_METHODS = ("autodecode", "refine")
 
 
 def check_method(model: torch.nn.Module, method: str) -> None:
@@ -36,7 +53,18 @@ def check_method(model: torch.nn.Module, method: str) -> None:
     if method == "autodecode" and not is_ad:
         raise ValueError(
             f"--method autodecode needs an autodecoder run (recipe 'autodecoder'); this run's "
-            f"model is a {type(model).__name__}: use --method amortized"
+            f"model is a {type(model).__name__}: use --method amortized (or --refine K to refine "
+            "the encoder's latents at the poses)"
+        )
+    if method == "refine" and is_ad:
+        raise ValueError(
+            "refine starts from the encoder's latent, and an autodecoder run has no encoder: "
+            "refining its latents is --method autodecode (test-time optimization, --steps K)"
+        )
+    if method == "refine" and not isinstance(model, HetVAE):
+        raise ValueError(
+            f"refine needs a HetVAE (an encoder and a decoder); this run's model is a "
+            f"{type(model).__name__}"
         )
 
 
@@ -67,6 +95,27 @@ def autodecode_dataset(
     return torch.cat(out).numpy()
 
 
+def refine_dataset(
+    model: HetVAE,
+    dataset: ParticleDataset,
+    device: torch.device,
+    *,
+    batch_size: int = 1024,
+    steps: int = REFINE_STEPS,
+    lr: float = REFINE_LR,
+) -> np.ndarray:
+    """``(N, zdim)`` float32 semi-amortized latents of every particle of ``dataset`` (dataset
+    order): :meth:`HetVAE.refine <cryonoo.models.vae.HetVAE.refine>` batch by batch. The result
+    does not depend on ``batch_size`` (every image is refined independently)."""
+    out = []
+    for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
+        b = batch.to(device)
+        out.append(model.refine(b.images, b.rot, b.ctf, b.trans, steps=steps, lr=lr).cpu())
+    if not out:
+        return np.zeros((0, model.zdim), np.float32)
+    return torch.cat(out).numpy()
+
+
 def infer_latents(
     model: torch.nn.Module,
     dataset: ParticleDataset,
@@ -78,11 +127,20 @@ def infer_latents(
     lr: float | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(mu, logvar)`` (amortized) or ``(z, None)`` (autodecode), each ``(N, zdim)``; a lazy
-    ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.make_loader`)."""
+    """``(mu, logvar)`` (amortized) or ``(z, None)`` (autodecode, refine), each ``(N, zdim)``;
+    a lazy ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.make_loader`).
+
+    ``steps``/``lr`` (``None``: the method's defaults) are the Adam budget of autodecode and
+    refine; ``seed`` seeds autodecode's random starts.
+    """
     check_method(model, method)
     if method == "amortized":
         return encode_dataset(model, dataset, device, batch_size=batch_size)
+    if method == "refine":
+        steps = REFINE_STEPS if steps is None else steps
+        lr = REFINE_LR if lr is None else lr
+        z = refine_dataset(model, dataset, device, batch_size=batch_size, steps=steps, lr=lr)
+        return z, None
     z = autodecode_dataset(
         model, dataset, device, batch_size=batch_size, steps=steps, lr=lr, seed=seed
     )

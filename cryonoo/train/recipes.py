@@ -29,7 +29,7 @@ from typing import Any
 from cryonoo.io.dataset import Preprocessing
 from cryonoo.train.precision import PRECISIONS
 
-__all__ = ["RECIPES", "TrainConfig", "get_recipe"]
+__all__ = ["RECIPES", "RECOMMENDED", "TrainConfig", "get_recipe"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     lr_plateau: bool = True  # ReduceLROnPlateau(min, factor 0.5, patience 3) on the epoch loss
+    plateau_on: str = "model"  # "model": the model's own loss; "total": + λ·SSL (the paper's)
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     grad_clip: float | None = None
@@ -76,6 +77,8 @@ class TrainConfig:
     decoder_freeze: bool = False
     detach_render: bool = True
     detach_target: bool = False  # stop the SSL gradient at z0 (see SelfDistillation)
+    encoder_from_ssl_only: bool = False  # after warm-up the encoder learns from SSL alone
+    teacher_momentum: float | None = None  # EMA teacher for the anchor latent (None: none)
     ssl_options: dict[str, Any] = field(default_factory=dict)  # objective kwargs (e.g. inv=25)
     augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"pose": "random"}
     # data
@@ -103,6 +106,7 @@ class TrainConfig:
             "latent_lr": self.latent_lr > 0,
             "latent_l2": self.latent_l2 >= 0,
             "precision": self.precision in PRECISIONS,
+            "plateau_on": self.plateau_on in ("model", "total"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -134,6 +138,8 @@ class TrainConfig:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
         if "noise_factors" in data:
             data["noise_factors"] = tuple(data["noise_factors"])
+        # configs written before `plateau_on` stepped the scheduler on the total loss
+        data.setdefault("plateau_on", "total")
         return cls(**data)
 
     def preprocessing(self) -> Preprocessing:
@@ -161,8 +167,27 @@ class TrainConfig:
         return {k: getattr(self, k) for k in keys}
 
 
-_CRYONOO = TrainConfig()
-_CRYODRGN = replace(_CRYONOO, name="cryodrgn", ssl=None, lr_plateau=False)
+_CRYONOO = TrainConfig(plateau_on="total")  # the paper's scheduler watches the total loss
+_CRYODRGN = replace(_CRYONOO, name="cryodrgn", ssl=None, lr_plateau=False, plateau_on="model")
+# the sleep phase of wake-sleep training (beyond the paper): the encoder regresses the latents
+# of decoder renderings drawn afresh at random poses (docs/generalization.md, Round D)
+_SLEEP = replace(
+    _CRYONOO,
+    name="sleep",
+    ssl="regress",
+    augment="dream",
+    head="none",
+    noise_factors=(1.0,),
+    ssl_weight=1.0,
+    lr_plateau=False,  # as the plain VAE: nothing to plateau on once the encoder only sleeps
+    plateau_on="model",
+)
+
+
+def _sleep(name: str, **changes: Any) -> TrainConfig:
+    return replace(_SLEEP, name=name, **changes)
+
+
 _AUTODECODER = replace(_CRYODRGN, name="autodecoder", model="autodecoder")
 
 
@@ -203,7 +228,24 @@ RECIPES: dict[str, TrainConfig] = {
     "anchored-25": _arm(
         "anchored-25", detach_target=True, ssl_options={"inv": 25.0, "var": 25.0, "cov": 1.0}
     ),
+    # the VAE term's scheduler, an EMA teacher, VICReg without its covariance floor (Round D)
+    "vae-plateau": _arm("vae-plateau", plateau_on="model"),
+    "no-plateau": _arm("no-plateau", lr_plateau=False, plateau_on="model"),
+    "ema-teacher": _arm("ema-teacher", teacher_momentum=0.99, plateau_on="model"),
+    "vicreg-rank": _arm("vicreg-rank", ssl_options={"cov_scale": "rank"}, plateau_on="model"),
+    "sleep": _SLEEP,
+    "sleep-batch": _sleep("sleep-batch", augment_options={"latents": "batch"}),
+    "sleep-w3": _sleep("sleep-w3", ssl_weight=3.0),
+    "sleep-2v": _sleep("sleep-2v", noise_factors=(1.0, 1.0), ssl_weight=0.5),
+    "wake-sleep": _sleep("wake-sleep", encoder_from_ssl_only=True),
+    "wake-sleep-batch": _sleep(
+        "wake-sleep-batch", encoder_from_ssl_only=True, augment_options={"latents": "batch"}
+    ),
 }
+
+
+#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round D)
+RECOMMENDED = "sleep-2v"
 
 
 def get_recipe(name: str) -> TrainConfig:

@@ -40,6 +40,7 @@ from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
 from cryonoo.models.zoo import MODELS, RECONSTRUCTION_MODELS
 from cryonoo.physics.noise import estimate_noise_sigma
+from cryonoo.ssl.augment import AUGMENTERS
 from cryonoo.ssl.distill import SelfDistillation
 from cryonoo.train.checkpoint import (
     latest_checkpoint,
@@ -73,8 +74,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: augmenters whose noise level is the data's σ
-_SIGMA_AUGMENTERS = ("reproject-noise", "noise")
+
+def _uses_data_sigma(augment: str) -> bool:
+    """Whether augmenter ``augment`` takes the data's noise σ (its ``uses_data_sigma`` flag)."""
+    return bool(getattr(AUGMENTERS.get(augment), "uses_data_sigma", False))
+
 
 ProgressHook = Callable[[dict[str, Any]], None]
 
@@ -175,7 +179,7 @@ def build_model(
             "model has none; set ssl=None (or --ssl none) for it"
         )
     aug_kwargs: dict[str, Any] = {}
-    if config.augment in _SIGMA_AUGMENTERS:
+    if _uses_data_sigma(config.augment):
         if noise_sigma is None:
             raise ValueError(f"augmenter {config.augment!r} needs the noise σ of the data")
         aug_kwargs = {"sigma": noise_sigma, "noise_factors": config.noise_factors}
@@ -192,6 +196,8 @@ def build_model(
         warmup_epochs=config.warmup_epochs,
         decoder_freeze=config.decoder_freeze,
         detach_target=config.detach_target,
+        encoder_from_ssl_only=config.encoder_from_ssl_only,
+        teacher_momentum=config.teacher_momentum,
         objective_kwargs={"head": config.head, **config.ssl_options},
         augmenter_kwargs=aug_kwargs,
     )
@@ -211,7 +217,12 @@ def base_model(model: nn.Module) -> HetVAE | AutoDecoder:
 def encode_dataset(
     model: HetVAE, dataset: ParticleDataset, device: torch.device, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior ``(mu, logvar)`` of every particle of ``dataset`` in dataset order."""
+    """Posterior ``(mu, logvar)`` of every particle of ``dataset`` in dataset order.
+
+    Each ``(N, zdim)`` float32. Every batch is encoded with its CTF, shifts (pixels) and poses
+    (``Batch.rot``, ``(B, 3, 3)``): a pose-conditioned encoder (``pose-mlp``) needs them, the
+    others ignore them. A dataset opened without poses has identity rotations, which a
+    pose-conditioned encoder would take at face value."""
     if isinstance(model, AutoDecoder):
         raise ValueError(
             "an autodecoder has no encoder to encode particles with: its latents are fitted "
@@ -222,7 +233,7 @@ def encode_dataset(
     mus, logvars = [], []
     for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
         b = batch.to(device)
-        mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans)
+        mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans, b.rot)
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     model.train(was_training)
@@ -395,7 +406,7 @@ def train(
 
     torch.manual_seed(config.seed)
     noise_sigma_raw = None
-    if config.uses_ssl and config.augment in _SIGMA_AUGMENTERS:
+    if config.uses_ssl and _uses_data_sigma(config.augment):
         noise_sigma_raw = (
             saved_cfg["data"]["noise_sigma"]
             if saved_cfg is not None
@@ -531,9 +542,9 @@ def train(
                     b = len(batch)
                     seen += b
                     terms = {k: float(v) for k, v in out.terms.items()}
-                    terms["loss"] = float(
-                        out.loss.detach()
-                    )  # the total optimized loss (model + λ·SSL)
+                    total = float(out.loss.detach())  # the optimized loss (model + λ·SSL)
+                    terms["model_loss"] = terms.get("loss", total)  # the model's own term
+                    terms["loss"] = total
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + v * b
                     completed = i + 1  # the optimizer step is done
@@ -567,8 +578,9 @@ def train(
             )
             seen, skipped = int(totals.pop("__seen")), int(totals.pop("__skip"))
             means = {k: v / max(seen, 1) for k, v in totals.items()}
-            if scheduler is not None and math.isfinite(means.get("loss", math.nan)):
-                scheduler.step(means["loss"])
+            watched = means.get("loss" if config.plateau_on == "total" else "model_loss")
+            if scheduler is not None and watched is not None and math.isfinite(watched):
+                scheduler.step(watched)
             epoch_no = epoch + 1
             if not info.is_main:
                 barrier(info)  # rank 0 writes the epoch's files

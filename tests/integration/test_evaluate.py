@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cryonoo.cli import app
-from cryonoo.eval.benchmark import format_tables, summarize_seeds
+from cryonoo.eval.benchmark import format_tables, summarize_ceiling, summarize_seeds
+from cryonoo.train.recipes import RECOMMENDED
 
 runner = CliRunner()
 TINY = [
@@ -37,7 +38,12 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_writes_summary_and_tables(demo_dir):
     summary = json.loads((demo_dir / "summary.json").read_text())
-    assert set(summary) == {"cryodrgn", "cryonoo"}
+    assert set(summary) == {"cryodrgn", "cryonoo", RECOMMENDED, "recommended", "ceiling"}
+    assert summary.pop("recommended") == RECOMMENDED
+    ceiling = summary.pop("ceiling")
+    assert ceiling["metric"] == "accuracy" and 0 <= ceiling["label_r2"] <= 1  # 8 classes
+    assert ceiling["n_fresh"] >= 9 * 128  # ≥ 10× the training images, less the validation part
+    assert (demo_dir / "overview_seed0.png").stat().st_size > 10_000
     for metrics in summary.values():
         for split in ("train", "test"):
             fsc = metrics["per_image_fsc"][split]
@@ -120,8 +126,9 @@ def test_bench_generalization_tables(tmp_path):
     assert run_config["precision"] == "bf16"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cryodrgn"]["fsc_test"]["n"] == 2
+    assert summary["ceiling"]["label_r2"]["n"] == 2
     md = (out / "summary.md").read_text()
-    assert "| simsiam |" in md and "±" in md
+    assert "| simsiam |" in md and "±" in md and "| ceiling" in md
     bad = runner.invoke(app, ["bench", "generalization", "-o", str(out), "--recipes", "nope"])
     assert bad.exit_code == 2 and "choose from" in bad.output
     fresh = tmp_path / "fresh"
@@ -139,3 +146,11 @@ def test_summarize_seeds_math():
     assert s["a"]["fsc_test"] == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1), "n": 2}
     assert s["a"]["seen"]["std"] == pytest.approx(0.5)
     assert "0.300 ± 0.100" in format_tables(s)
+    results["0"]["ceiling"] = {"label_r2": 0.5, "train": 0.6}
+    results["1"]["ceiling"] = {"label_r2": 0.7, "train": 0.6}
+    assert set(summarize_seeds(results)) == {"a"}  # the oracle is not a recipe
+    c = summarize_ceiling(results)
+    assert c["label_r2"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "n": 2}
+    assert "| ceiling (supervised encoder, fresh images) | 0.600 ± 0.000 | 0.600 ± 0.100 |" in (
+        format_tables(s, c)
+    )

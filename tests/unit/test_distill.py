@@ -192,3 +192,54 @@ def test_rejects_non_models():
         bare = ToyAE()
         del bare.zdim
         SelfDistillation(bare, sigma=0.1)
+
+
+class _InputFrameViews:
+    """A custom augmenter whose views keep the input frame (they need ``batch.trans``)."""
+
+    views_need_trans = True
+
+    def __call__(self, batch, model, step, generator=None):
+        return batch.images.detach().expand(2, -1, -1, -1), batch.ctf
+
+
+def _with_trans(batch: Batch) -> Batch:
+    trans = torch.tensor([[3.0, -1.5]]).repeat(len(batch), 1)
+    return Batch(images=batch.images, rot=batch.rot, trans=trans, ctf=batch.ctf)
+
+
+@pytest.mark.parametrize("name", ["reproject-noise", "noise", "crop-flip-rotate", "dream"])
+def test_model_without_trans_works_with_registered_augmenters_on_shifted_data(name):
+    # registered augmenters hand over centred views: no trans reaches ToyAE.encode
+    kwargs = {} if name == "crop-flip-rotate" else {"sigma": 0.1}
+    wrapped = SelfDistillation(ToyAE(), "vicreg", name, head="8", warmup_epochs=0, **kwargs)
+    out = wrapped.training_step(_with_trans(make_batch()), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+
+
+def test_needed_trans_is_never_dropped_silently():
+    wrapped = SelfDistillation(ToyAE(), "vicreg", _InputFrameViews(), head="8", warmup_epochs=0)
+    assert torch.isfinite(wrapped.training_step(make_batch()).loss)  # trans None: fine
+    with pytest.raises(TypeError, match="takes no `trans`"):
+        wrapped.training_step(_with_trans(make_batch()))
+    images = make_batch().images
+    with pytest.raises(TypeError, match="takes no `trans`"):
+        wrapped.encode(images, None, torch.zeros(len(images), 2))
+    torch.testing.assert_close(wrapped.encode(images), ToyAE.encode(wrapped.model, images))
+
+
+def test_needed_trans_is_repeated_per_view():
+    seen: list[Tensor] = []
+
+    class ShiftAwareAE(ToyAE):
+        def encode(self, images, ctf=None, trans=None):
+            seen.append(trans)
+            return super().encode(images, ctf)
+
+    wrapped = SelfDistillation(
+        ShiftAwareAE(), "vicreg", _InputFrameViews(), head="8", warmup_epochs=0
+    )
+    batch = _with_trans(make_batch(n=4))
+    batch = Batch(batch.images, batch.rot, batch.trans * torch.arange(4.0)[:, None], batch.ctf)
+    wrapped.training_step(batch)
+    torch.testing.assert_close(seen[-1], batch.trans.repeat(2, 1))

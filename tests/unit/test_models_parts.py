@@ -78,7 +78,12 @@ def test_encoder_entries_forward_backward(name: str) -> None:
     D, zdim, in_dim = 17, 3, 40
     enc = ENCODERS.build(name, in_dim=in_dim, zdim=zdim, layers=1, dim=16, D=D)
     x = torch.randn(4, D, D) if enc.input_kind == "image" else torch.randn(4, in_dim)
-    mu, logvar = enc(x)
+    pose = (
+        (random_rotations(4, torch.Generator().manual_seed(0)),)
+        if getattr(enc, "needs_pose", False)
+        else ()
+    )
+    mu, logvar = enc(x, *pose)  # a pose-conditioned encoder is called with the poses
     assert mu.shape == logvar.shape == (4, zdim)
     (mu.sum() + logvar.sum()).backward()
     assert all(torch.isfinite(p.grad).all() for p in enc.parameters())

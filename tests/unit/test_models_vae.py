@@ -157,7 +157,8 @@ def test_every_encoder_in_vae(encoder: str) -> None:
     out = m.training_step(_batch())
     out.loss.backward()
     assert torch.isfinite(out.loss)
-    assert m.encode(_batch().images).shape == (3, 2)
+    b = _batch()  # the poses are used by a pose-conditioned encoder only
+    assert m.encode(b.images, rot=b.rot).shape == (3, 2)
 
 
 def test_whole_lattice_encoder_mask() -> None:

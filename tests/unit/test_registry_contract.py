@@ -46,7 +46,11 @@ def _check_step(model) -> None:
 
 
 def exercise_encoder(name: str) -> None:
-    _check_step(_vae(encoder=name))
+    model = _vae(encoder=name)
+    _check_step(model)
+    b = _batch()  # encode with the poses: a pose-conditioned encoder (needs_pose) needs them
+    z = model.encode(b.images, b.ctf, b.trans, rot=b.rot)
+    assert z.shape == (6, 2) and torch.isfinite(z).all()
 
 
 def exercise_decoder(name: str) -> None:
@@ -96,19 +100,22 @@ def exercise_ssl(name: str) -> None:
 
 
 def exercise_augmenter(name: str) -> None:
+    from cryonoo.ssl.augment import AUGMENTERS
     from cryonoo.ssl.distill import SelfDistillation
 
-    kwargs = {"sigma": 0.5} if name in ("reproject-noise", "noise") else {}
-    model = SelfDistillation(
-        _vae(),
-        augmenter=name,
-        warmup_epochs=0,
-        augmenter_kwargs=kwargs,
-        objective_kwargs={"head": "8-8"},
-    )
-    out = model.training_step(_batch(), torch.Generator().manual_seed(2))
-    assert "ssl/loss" in out.terms and torch.isfinite(out.loss)
-    out.loss.backward()
+    kwargs = {"sigma": 0.5} if getattr(AUGMENTERS.get(name), "uses_data_sigma", False) else {}
+    # a pose-conditioned encoder too: every augmenter must state its views' poses
+    for encoder in ("resid-mlp", "pose-mlp"):
+        model = SelfDistillation(
+            _vae(encoder=encoder),
+            augmenter=name,
+            warmup_epochs=0,
+            augmenter_kwargs=kwargs,
+            objective_kwargs={"head": "8-8"},
+        )
+        out = model.training_step(_batch(), torch.Generator().manual_seed(2))
+        assert "ssl/loss" in out.terms and torch.isfinite(out.loss)
+        out.loss.backward()
 
 
 def exercise_projector(name: str) -> None:

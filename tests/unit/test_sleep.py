@@ -1,0 +1,186 @@
+"""The sleep phase: dream views with their own targets, latent regression, wake-sleep training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryonoo.data.phantoms import PHANTOMS
+from cryonoo.models.vae import HetVAE
+from cryonoo.physics.rotations import random_rotations
+from cryonoo.ssl import SSL, SelfDistillation
+from cryonoo.ssl.augment import Dream, noisy_views
+from cryonoo.train.recipes import RECIPES, TrainConfig
+from cryonoo.types import Batch
+
+D, ZDIM = 17, 3
+
+
+def _vae() -> HetVAE:
+    torch.manual_seed(0)
+    return HetVAE(D, zdim=ZDIM, enc_layers=1, enc_dim=16, dec_layers=1, dec_dim=16)
+
+
+def _batch(n: int = 8) -> Batch:
+    g = torch.Generator().manual_seed(3)
+    ctf = torch.tensor([4.0, 15000, 14500, 20.0, 300, 2.7, 0.1, 0.0]).repeat(n, 1)
+    return Batch(images=torch.randn(n, D, D, generator=g), rot=random_rotations(n, g), ctf=ctf)
+
+
+def test_dream_views_are_noisy_renderings_of_their_targets():
+    model, batch = _vae(), _batch()
+    step = model.training_step(batch)
+    dream = Dream(sigma=0.3, noise_factors=(0.5, 1.0))
+    views, ctf, targets = dream(batch, model, step, torch.Generator().manual_seed(5))
+    assert views.shape == (2, 8, D, D) and targets.shape == (8, ZDIM)
+    assert torch.equal(ctf, batch.ctf)
+    # the same draws by hand: latents, then poses, then the noise of every view
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(8, ZDIM, generator=g)
+    rot = random_rotations(8, g, dtype=batch.rot.dtype)
+    with torch.no_grad():
+        expected = noisy_views(model.render(z, rot, batch.ctf), 0.3, (0.5, 1.0), g)
+    assert torch.equal(targets, z)
+    torch.testing.assert_close(views, expected)
+
+
+def test_dream_batch_latents_follow_the_batch_moments():
+    z = torch.randn(20_000, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([1.0, -2.0])
+    drawn = Dream(sigma=0.1, latents="batch").draw(z, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(drawn.mean(0), z.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(drawn.std(0), z.std(0), atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="latents"):
+        Dream(sigma=0.1, latents="posterior")
+
+
+def test_regression_is_the_mse():
+    objective = SSL.build("regress", in_dim=ZDIM)
+    target = torch.randn(6, ZDIM)
+    view = torch.randn(6, ZDIM, requires_grad=True)
+    out = objective(target, view)
+    torch.testing.assert_close(out["loss"], ((target - view) ** 2).mean())
+    out["loss"].backward()
+    torch.testing.assert_close(view.grad, 2 * (view - target).detach() / view.numel())
+    assert float(objective(view, view)["loss"].detach()) == 0.0
+
+
+def test_wrapper_scores_views_against_the_augmenters_targets():
+    model = _vae()
+    wrapped = SelfDistillation(
+        model, objective="regress", augmenter="dream", weight=0.5, warmup_epochs=0,
+        objective_kwargs={"head": "none"}, augmenter_kwargs={"sigma": 0.2},
+    )  # fmt: skip
+    model.eval()  # posterior means: the step is deterministic
+    batch = _batch()
+    out = wrapped.training_step(batch, torch.Generator().manual_seed(9))
+    step = model.training_step(batch)
+    views, ctf, targets = wrapped.augmenter(batch, model, step, torch.Generator().manual_seed(9))
+    z_views = model.encode(views[0], ctf)
+    mse = ((z_views - targets) ** 2).mean()
+    torch.testing.assert_close(out.terms["ssl/mse"], mse)
+    torch.testing.assert_close(out.loss, step.loss + 0.5 * mse)
+
+
+def test_wake_sleep_trains_the_encoder_by_the_ssl_term_alone():
+    model = _vae()
+    wrapped = SelfDistillation(
+        model, objective="regress", augmenter="dream", warmup_epochs=1,
+        encoder_from_ssl_only=True, objective_kwargs={"head": "none"},
+        augmenter_kwargs={"sigma": 0.2},
+    )  # fmt: skip
+    batch = _batch()
+    wrapped.set_epoch(0)  # warm-up: the plain VAE, the encoder learns from its loss
+    assert model.latent_grad
+    model.training_step(batch).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    model.zero_grad(set_to_none=True)
+    wrapped.set_epoch(1)  # after: the VAE's loss stops at the latents
+    assert not model.latent_grad
+    model.training_step(batch).loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert any(p.grad is not None for p in model.decoder.parameters())
+    model.zero_grad(set_to_none=True)
+    wrapped.training_step(batch, torch.Generator().manual_seed(1)).loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    wrapped.set_epoch(0)
+    assert model.latent_grad
+
+
+def test_wake_sleep_needs_a_latent_switch():
+    class NoSwitch(HetVAE):
+        def __getattribute__(self, name):
+            if name == "latent_grad":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    with pytest.raises(ValueError, match="latent_grad"):
+        SelfDistillation(
+            NoSwitch(D, zdim=ZDIM, enc_layers=1, enc_dim=8, dec_layers=1, dec_dim=8),
+            augmenter="dream", encoder_from_ssl_only=True, augmenter_kwargs={"sigma": 0.1},
+        )  # fmt: skip
+
+
+def test_plateau_watch_setting():
+    assert RECIPES["cryonoo"].plateau_on == "total"  # the paper's scheduler
+    assert all(RECIPES[r].plateau_on == "model" for r in ("sleep", "wake-sleep", "cryodrgn"))
+    with pytest.raises(ValueError, match="plateau_on"):
+        TrainConfig(plateau_on="ssl")
+    old = TrainConfig().to_dict()
+    del old["plateau_on"]  # a config.json written before the setting existed
+    assert TrainConfig.from_dict(old).plateau_on == "total"
+
+
+def test_hinge_moves_one_lobe_rigidly_by_its_angle():
+    phantom = PHANTOMS.build("hinge", n_conformations=5, max_angle_deg=60.0)
+    first, last = phantom.conformations[0], phantom.conformations[-1]
+    assert first.shape == last.shape
+    moved = np.linalg.norm(first - last, axis=1) > 1e-6
+    assert 0.35 < moved.mean() < 0.65  # about half the mass turns
+    pivot = np.array([0.0, -18.0, 0.0])
+    a, b = first[moved] - pivot, last[moved] - pivot
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))  # rigid
+    np.testing.assert_allclose(a[:, 2], b[:, 2])  # about the z axis
+    turn = np.degrees(np.arctan2(b[:, 1], b[:, 0]) - np.arctan2(a[:, 1], a[:, 0])) % 360
+    np.testing.assert_allclose(turn, 60.0, atol=1e-6)
+
+
+def test_ema_teacher_starts_as_the_model_and_then_lags():
+    model = _vae()
+    wrapped = SelfDistillation(
+        model, warmup_epochs=0, teacher_momentum=0.5, objective_kwargs={"head": "8-8"},
+        augmenter_kwargs={"sigma": 0.2},
+    )  # fmt: skip
+    assert not any(p.requires_grad for p in wrapped.teacher.parameters())
+    batch = _batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = wrapped.training_step(batch, torch.Generator().manual_seed(0))
+    student = [p.detach().clone() for p in model.parameters()]
+    for t, s in zip(wrapped.teacher.parameters(), student, strict=True):
+        assert torch.equal(t, s)  # a copy of the model at the first SSL step
+    out.loss.backward()
+    optimizer.step()
+    wrapped.training_step(batch, torch.Generator().manual_seed(0))
+    for t, old, new in zip(wrapped.teacher.parameters(), student, model.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.5 * old + 0.5 * new.detach())
+    assert "teacher_started" in wrapped.state_dict()
+    with pytest.raises(ValueError, match="teacher_momentum"):
+        SelfDistillation(_vae(), teacher_momentum=1.0, augmenter_kwargs={"sigma": 0.2})
+
+
+def test_vicreg_rank_scaling_lifts_the_covariance_floor():
+    h = torch.randn(16, 4)
+    fixed = SSL.build("vicreg", in_dim=4, head="none")
+    ranked = SSL.build("vicreg", in_dim=4, head="none", cov_scale="rank")
+    a, b = fixed(h, h + 0.1), ranked(h, h + 0.1)
+    torch.testing.assert_close(a["loss"], b["loss"])  # n − 1 ≥ d: nothing to scale
+    wide = SSL.build("vicreg", in_dim=4, head="64-64", cov_scale="rank")
+    torch.manual_seed(0)
+    fixed_wide = SSL.build("vicreg", in_dim=4, head="64-64")
+    fixed_wide.load_state_dict(wide.state_dict())
+    ra, fa = wide(h, h + 0.1), fixed_wide(h, h + 0.1)
+    expected = ra["inv"] + ra["var"] + (15 / 64) * ra["cov"]
+    torch.testing.assert_close(ra["loss"], expected)
+    torch.testing.assert_close(fa["loss"], fa["inv"] + fa["var"] + fa["cov"])
+    with pytest.raises(ValueError, match="cov_scale"):
+        SSL.build("vicreg", in_dim=4, cov_scale="auto")
