@@ -124,46 +124,121 @@ def parse(
     metadata: Annotated[Path, typer.Argument(help="RELION .star or cryoSPARC .cs file.")],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Where to write the .pkl files.")],
     box: Annotated[
-        int | None, typer.Option("-D", "--box", help="Image size in px (default: from the file).")
+        int | None,
+        typer.Option("-D", "--box", help="Image size in px of the stack you train on."),
     ] = None,
     apix: Annotated[float | None, typer.Option(help="Pixel size in Å (override).")] = None,
+    kv: Annotated[float | None, typer.Option("--kv", help="Voltage in kV (override).")] = None,
+    cs_mm: Annotated[
+        float | None, typer.Option("--cs", help="Spherical aberration in mm (override).")
+    ] = None,
+    amp: Annotated[
+        float | None, typer.Option("-w", "--amp-contrast", help="Amplitude contrast (override).")
+    ] = None,
+    ps: Annotated[
+        float | None, typer.Option("--ps", help="Phase shift in degrees (override).")
+    ] = None,
     hetrefine: Annotated[bool, typer.Option(help="cryoSPARC heterogeneous refinement.")] = False,
     abinit: Annotated[bool, typer.Option(help="cryoSPARC ab-initio (alignments_class_0).")] = False,
 ) -> None:
     """Convert .star/.cs metadata into cryoDRGN poses.pkl and ctf.pkl.
 
-    Poses: RELION Euler angles → matrices as cryoDRGN does; shifts in box fractions.
-    CTF: (N, 9) [D, Apix, dfU, dfV, dfAng, kV, Cs, w, phase].
+    Writes each table the file carries: a file without angles (a RELION 3.0 CTF-only .star, a
+    cryoSPARC import or 2-D job's .cs) gives ctf.pkl alone, one without CTF gives poses.pkl
+    alone. Poses: RELION Euler angles → matrices as cryoDRGN does; shifts in box fractions.
+    CTF: (N, 9) [D, Apix, dfU, dfV, dfAng, kV, Cs, w, phase]; --kv, --cs, -w, --ps override
+    the file. A .cs carries its box and pixel size: its shifts are divided by its own box
+    (blob/shape), and -D (a downsampled stack's box) sets the ctf.pkl box and scales its pixel
+    size by blob/shape / D (unless --apix is given).
     """
+    from cryonoo.io.mrc import ParticleFileError
+
+    suffix = metadata.suffix.lower()
+    if suffix not in (".star", ".cs"):
+        _fail(f"{metadata}: expected a .star or .cs file")
+    overrides = {"kv": kv, "cs": cs_mm, "w": amp, "ps": ps}
+    try:
+        if suffix == ".star":
+            poses, ctf = _parse_star(metadata, box, apix, overrides)
+        else:
+            poses, ctf = _parse_cs(metadata, box, apix, abinit, hetrefine)
+            ctf = _override_ctf(ctf, overrides)
+    except (ValueError, KeyError, ParticleFileError) as exc:
+        _fail(str(exc))
+    _write_parsed(outdir, metadata, poses, ctf)
+
+
+def _parse_star(metadata: Path, box, apix, overrides: dict):
+    """``(poses | None, ctf | None)`` of a .star; ``None`` for a table it does not carry."""
+    from cryonoo.io.star import read_star, star_ctf, star_poses
+
+    star = read_star(metadata)
+    angles = ("_rlnAngleRot", "_rlnAngleTilt", "_rlnAnglePsi")
+    poses = ctf = None
+    if all(star.values(c) is not None for c in angles):
+        poses = star_poses(star, box=box, apix=apix)
+    if star.values("_rlnDefocusU") is not None:
+        ctf = star_ctf(star, box=box, apix=apix, **overrides)
+    if poses is None and ctf is None:
+        _fail(f"{metadata}: neither poses ({', '.join(angles)}) nor CTF (_rlnDefocusU) found")
+    return poses, ctf
+
+
+def _parse_cs(metadata: Path, box, apix, abinit: bool, hetrefine: bool):
+    """``(poses | None, ctf | None)`` of a .cs (module docstring of ``parse`` for -D/--apix)."""
+    from cryonoo.io.cryosparc import cs_ctf, cs_poses, read_cs
+
+    cs = read_cs(metadata)
+    names = set(cs.dtype.names or ())
+    group = "alignments_class_0" if abinit else "alignments3D"
+    poses = ctf = None
+    if f"{group}/pose" in names:
+        poses = cs_poses(cs, abinit=abinit, hetrefine=hetrefine, where=metadata)
+    if "ctf/df1_A" in names:
+        ctf = cs_ctf(cs, where=metadata)
+        if box is not None:
+            ctf[:, 1] *= ctf[:, 0] / box
+            ctf[:, 0] = box
+        if apix is not None:
+            ctf[:, 1] = apix
+    if poses is None and ctf is None:
+        _fail(f"{metadata}: neither poses ({group}/pose) nor CTF (ctf/df1_A) found")
+    return poses, ctf
+
+
+def _override_ctf(ctf, values: dict):
+    """``ctf (N, 9)`` with the given kV, Cs, w, phase-shift columns set (``None``: keep)."""
+    if ctf is not None:
+        for column, key in ((5, "kv"), (6, "cs"), (7, "w"), (8, "ps")):
+            if values[key] is not None:
+                ctf[:, column] = values[key]
+    return ctf
+
+
+def _write_parsed(outdir: Path, metadata: Path, poses, ctf) -> None:
     import numpy as np
 
     from cryonoo.io.cryodrgn import save_ctf_pkl, save_poses
-    from cryonoo.io.cryosparc import cs_ctf, cs_poses, read_cs
-    from cryonoo.io.star import read_star, star_ctf, star_poses
 
-    suffix = metadata.suffix.lower()
-    try:
-        if suffix == ".star":
-            star = read_star(metadata)
-            rots, trans = star_poses(star, box=box, apix=apix)
-            ctf = star_ctf(star, box=box, apix=apix)
-        elif suffix == ".cs":
-            cs = read_cs(metadata)
-            rots, trans = cs_poses(cs, box=box, abinit=abinit, hetrefine=hetrefine)
-            ctf = cs_ctf(cs)
-            if apix is not None:
-                ctf[:, 1] = apix
-        else:
-            _fail(f"{metadata}: expected a .star or .cs file")
-    except (ValueError, KeyError) as exc:
-        _fail(str(exc))
     outdir.mkdir(parents=True, exist_ok=True)
-    save_poses(outdir / "poses.pkl", rots, trans)
-    save_ctf_pkl(outdir / "ctf.pkl", ctf)
-    console.print(
-        f"{len(rots):,} particles → {outdir / 'poses.pkl'}, {outdir / 'ctf.pkl'} "
-        f"(box {int(np.unique(ctf[:, 0])[0])}, {float(np.median(ctf[:, 1])):.4g} Å/px)"
+    written = []
+    if poses is not None:
+        save_poses(outdir / "poses.pkl", *poses)
+        written.append(str(outdir / "poses.pkl"))
+    if ctf is not None:
+        save_ctf_pkl(outdir / "ctf.pkl", ctf)
+        written.append(str(outdir / "ctf.pkl"))
+    n = len(poses[0]) if poses is not None else len(ctf)
+    detail = (
+        f" (box {int(np.unique(ctf[:, 0])[0])}, {float(np.median(ctf[:, 1])):.4g} Å/px)"
+        if ctf is not None
+        else ""
     )
+    console.print(f"{n:,} particles of {metadata} → {', '.join(written)}{detail}")
+    if poses is None:
+        console.print("no poses in the file: ctf.pkl only")
+    if ctf is None:
+        console.print("no CTF in the file: poses.pkl only")
 
 
 @app.command()

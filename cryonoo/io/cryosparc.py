@@ -42,10 +42,13 @@ def read_cs(path: str | os.PathLike[str]) -> np.ndarray:
     return cs
 
 
-def _as_cs(cs: np.ndarray | str | os.PathLike[str]) -> tuple[np.ndarray, object]:
+def _as_cs(
+    cs: np.ndarray | str | os.PathLike[str], where: object | None = None
+) -> tuple[np.ndarray, object]:
+    """The array and what errors call it: ``where``, else the file's path."""
     if isinstance(cs, np.ndarray):
-        return cs, "cryoSPARC array"
-    return read_cs(cs), Path(os.fspath(cs))
+        return cs, "cryoSPARC array" if where is None else where
+    return read_cs(cs), Path(os.fspath(cs)) if where is None else where
 
 
 def cs_field(cs: np.ndarray, name: str, where: object = "cryoSPARC array") -> np.ndarray:
@@ -70,13 +73,16 @@ def cs_poses(
     box: int | None = None,
     abinit: bool = False,
     hetrefine: bool = False,
+    where: object | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Poses of every particle: ``rots (N, 3, 3)`` float64 and ``trans (N, 2)`` box fractions."""
+    """Poses of every particle: ``rots (N, 3, 3)`` float64 and ``trans (N, 2)`` box fractions.
+
+    ``where`` names the source in errors when ``cs`` is an array already read (its file)."""
     import torch
 
     from cryonoo.physics.rotations import cryosparc_to_matrix
 
-    cs, where = _as_cs(cs)
+    cs, where = _as_cs(cs, where)
     group = "alignments_class_0" if abinit else "alignments3D"
     pose = cs_field(cs, f"{group}/pose", where).astype(np.float64)
     shift = cs_field(cs, f"{group}/shift", where).astype(np.float64)
@@ -87,9 +93,9 @@ def cs_poses(
     return rots, trans
 
 
-def cs_ctf(cs: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
-    """``(N, 9)`` float32 CTF table (see the module docstring)."""
-    cs, where = _as_cs(cs)
+def cs_ctf(cs: np.ndarray | str | os.PathLike[str], where: object | None = None) -> np.ndarray:
+    """``(N, 9)`` float32 CTF table (see the module docstring); ``where`` as in :func:`cs_poses`."""
+    cs, where = _as_cs(cs, where)
 
     def f(name: str) -> np.ndarray:
         return cs_field(cs, name, where).astype(np.float64)

@@ -282,7 +282,7 @@ def star_poses(
     if star.values("_rlnOriginX") is not None and star.values("_rlnOriginY") is not None:
         shift = np.stack([star.floats("_rlnOriginX"), star.floats("_rlnOriginY")], 1)
     elif star.values("_rlnOriginXAngst") is not None:
-        hint = "pass the pixel size in Å (apix=, --Apix)"
+        hint = "pass the pixel size in Å (apix=, --apix)"
         a = np.full(len(star), float(apix)) if apix else star.floats("_rlnImagePixelSize", hint)
         ang = np.stack([star.floats("_rlnOriginXAngst"), star.floats("_rlnOriginYAngst")], 1)
         shift = ang / a[:, None]
@@ -319,7 +319,7 @@ def star_ctf(
 
     cols = [
         _box(star, box),
-        col("_rlnImagePixelSize", apix, "apix=, --Apix"),
+        col("_rlnImagePixelSize", apix, "apix=, --apix"),
         star.floats("_rlnDefocusU"),
         star.floats("_rlnDefocusV"),
         star.floats("_rlnDefocusAngle"),

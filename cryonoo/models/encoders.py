@@ -141,17 +141,26 @@ class MLPEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.zdim = check_int(zdim, "zdim", 1)
+        self.in_dim = check_int(in_dim, "in_dim", 1)
         cls = ResidLinearMLP if residual else MLP
-        self.main = cls(in_dim, layers, dim, 2 * zdim, activation).main
-        self.in_dim = in_dim
+        self.main = cls(in_dim + self.extra_inputs, layers, dim, 2 * zdim, activation).main
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    #: inputs the network takes beside the ``in_dim`` points (a subclass's conditioning code)
+    extra_inputs = 0
+
+    def _check_points(self, x: Tensor) -> None:
         if x.ndim != 2 or x.shape[-1] != self.in_dim:
             raise ValueError(
                 f"x must have shape (B, {self.in_dim}) (encoder-mask points), got {tuple(x.shape)}"
             )
-        out = self.main(x)
+
+    def _split(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.main(inputs)
         return out[:, : self.zdim], out[:, self.zdim :]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_points(x)
+        return self._split(x)
 
 
 #: width of :func:`pose_code`
@@ -176,7 +185,7 @@ def pose_code(rot: Tensor) -> Tensor:
     return rot[:, :2, :].reshape(rot.shape[0], POSE_DIM)
 
 
-class PoseMLPEncoder(nn.Module):
+class PoseMLPEncoder(MLPEncoder):
     """``resid-mlp`` on the encoder-mask points concatenated with the image's pose code.
 
     ``forward(x (B, in_dim), rot (B, 3, 3)) → ((B, zdim), (B, zdim))``: the residual MLP of
@@ -192,33 +201,15 @@ class PoseMLPEncoder(nn.Module):
     #: the model calls ``forward(x, rot)`` (see the module docstring)
     needs_pose = True
 
-    def __init__(
-        self,
-        in_dim: int,
-        zdim: int,
-        layers: int = 3,
-        dim: int = 1024,
-        activation: str = "relu",
-        residual: bool = True,
-    ) -> None:
-        super().__init__()
-        self.zdim = check_int(zdim, "zdim", 1)
-        check_int(in_dim, "in_dim", 1)
-        cls = ResidLinearMLP if residual else MLP
-        self.main = cls(in_dim + POSE_DIM, layers, dim, 2 * zdim, activation).main
-        self.in_dim = in_dim
+    extra_inputs = POSE_DIM
 
     def forward(self, x: Tensor, rot: Tensor) -> tuple[Tensor, Tensor]:
-        if x.ndim != 2 or x.shape[-1] != self.in_dim:
-            raise ValueError(
-                f"x must have shape (B, {self.in_dim}) (encoder-mask points), got {tuple(x.shape)}"
-            )
+        self._check_points(x)
         if not isinstance(rot, Tensor) or tuple(rot.shape) != (x.shape[0], 3, 3):
             got = tuple(rot.shape) if isinstance(rot, Tensor) else type(rot).__name__
             raise ValueError(f"rot must have shape ({x.shape[0]}, 3, 3) (poses), got {got}")
         code = pose_code(rot.detach()).to(device=x.device, dtype=x.dtype)
-        out = self.main(torch.cat([x, code], dim=-1))
-        return out[:, : self.zdim], out[:, self.zdim :]
+        return self._split(torch.cat([x, code], dim=-1))
 
 
 def _conv_out(size: int) -> int:

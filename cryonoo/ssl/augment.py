@@ -224,8 +224,41 @@ def noisy_views(
     return from_real_space(real.unsqueeze(0) + scale.view(-1, 1, 1, 1) * noise)
 
 
+class _ViewAugmenter:
+    """What every registered augmenter shares: the legacy tuple call over :meth:`make_views`."""
+
+    def make_views(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> Views:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        step: StepOutput,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
+        """``make_views(…).as_tuple()``: ``(views, ctf)``, or ``(views, ctf, targets)``."""
+        return self.make_views(batch, model, step, generator).as_tuple()
+
+
+class _NoiseFactorViews(_ViewAugmenter):
+    """An augmenter with one view per noise factor ``f_j`` (``self.noise_factors``)."""
+
+    noise_factors: tuple[float, ...]
+
+    @property
+    def num_views(self) -> int:
+        return len(self.noise_factors)
+
+
 @AUGMENTERS.register("reproject-noise")
-class ReprojectNoise:
+class ReprojectNoise(_NoiseFactorViews):
     """CryoNOO views: the model's own rendering plus real-space noise of std f_j·σ per view.
 
     Parameters
@@ -270,19 +303,6 @@ class ReprojectNoise:
         self.detach_render = bool(detach_render)
         self.pose = pose
 
-    @property
-    def num_views(self) -> int:
-        return len(self.noise_factors)
-
-    def __call__(
-        self,
-        batch: Batch,
-        model: ReconstructionModel,
-        step: StepOutput,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.make_views(batch, model, step, generator).as_tuple()
-
     def make_views(
         self,
         batch: Batch,
@@ -316,7 +336,7 @@ class ReprojectNoise:
 
 
 @AUGMENTERS.register("noise")
-class NoiseAugment:
+class NoiseAugment(_NoiseFactorViews):
     """Noise-augmentation baseline: the input images plus real-space noise of std f_j·σ.
 
     Same parameters as ``reproject-noise`` without the model: ``sigma`` (data-domain real-space
@@ -333,19 +353,6 @@ class NoiseAugment:
     def __init__(self, sigma: float, noise_factors: Sequence[float] = (0.5, 1.0, 1.5)) -> None:
         self.sigma = _check_sigma(sigma)
         self.noise_factors = _check_factors(noise_factors)
-
-    @property
-    def num_views(self) -> int:
-        return len(self.noise_factors)
-
-    def __call__(
-        self,
-        batch: Batch,
-        model: ReconstructionModel,
-        step: StepOutput,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.make_views(batch, model, step, generator).as_tuple()
 
     def make_views(
         self,
@@ -365,7 +372,7 @@ class NoiseAugment:
 
 
 @AUGMENTERS.register("crop-flip-rotate")
-class CropFlipRotate:
+class CropFlipRotate(_ViewAugmenter):
     """Conventional baseline: random flips, in-plane rotations and crops of the input images.
 
     Per view and image (all drawn from the generator, applied in one ``grid_sample`` call):
@@ -415,15 +422,6 @@ class CropFlipRotate:
             (lo, hi),
             crop_mode,
         )
-
-    def __call__(
-        self,
-        batch: Batch,
-        model: ReconstructionModel,
-        step: StepOutput,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.make_views(batch, model, step, generator).as_tuple()
 
     def make_views(
         self,
@@ -478,7 +476,7 @@ class CropFlipRotate:
 
 
 @AUGMENTERS.register("dream")
-class Dream:
+class Dream(_NoiseFactorViews):
     """Sleep-phase views: renderings of latents from a fixed distribution, with their latents.
 
     Per batch of ``B`` images: ``B`` latents are drawn, each is rendered by the model (no
@@ -520,10 +518,6 @@ class Dream:
         self.noise_factors = _check_factors(noise_factors)
         self.latents = latents
 
-    @property
-    def num_views(self) -> int:
-        return len(self.noise_factors)
-
     def draw(self, z: Tensor, generator: torch.Generator | None) -> Tensor:
         """``(B, zdim)`` latents to render, given the batch's ``(B, zdim)`` posterior means."""
         eps = _randn(z.shape, generator, z)
@@ -531,17 +525,6 @@ class Dream:
             return eps
         z = z.detach().float()
         return z.mean(dim=0) + z.std(dim=0) * eps
-
-    def __call__(
-        self,
-        batch: Batch,
-        model: ReconstructionModel,
-        step: StepOutput,
-        generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        out = self.make_views(batch, model, step, generator)
-        assert out.targets is not None
-        return out.views, out.ctf, out.targets
 
     def make_views(
         self,

@@ -83,5 +83,50 @@ def test_parse_star_and_cs(samples, tmp_path):
     assert result.exit_code == 0, result.output
     rots, _ = load_poses(tmp_path / "cs" / "poses.pkl")
     np.testing.assert_allclose(np.linalg.det(rots), 1.0, atol=1e-5)
-    bad = invoke("parse", samples / "toy_projections.star", "-o", tmp_path / "toy")
-    assert bad.exit_code == 2 and "_rlnAngleRot" in bad.output
+
+
+def test_parse_ctf_only_star_writes_ctf_alone_with_overrides(samples, tmp_path):
+    out = tmp_path / "toy"
+    result = invoke("parse", samples / "toy_projections.star", "-o", out, "-D", 30)
+    assert result.exit_code == 2 and "_rlnImagePixelSize" in result.output  # no pixel size
+    assert not out.exists() or not any(out.iterdir())
+    args = ("--apix", 2.5, "-w", 0.07, "--kv", 200, "--cs", 2.7, "--ps", 0)
+    result = invoke("parse", samples / "toy_projections.star", "-o", out, "-D", 30, *args)
+    assert result.exit_code == 0, result.output
+    assert not (out / "poses.pkl").exists() and "ctf.pkl only" in result.output
+    ctf = load_ctf_pkl(out / "ctf.pkl")
+    assert ctf.shape == (1000, 9)
+    np.testing.assert_allclose(ctf[0, [0, 1, 5, 6, 7, 8]], [30, 2.5, 200, 2.7, 0.07, 0])
+
+
+def test_parse_cs_box_and_ctf_only(samples, tmp_path):
+    from cryonoo.io.cryosparc import read_cs
+
+    src = samples / "cryosparc_P12_J24_001_particles.cs"
+    cs = read_cs(src)
+    box, psize = float(cs["blob/shape"][0, 0]), float(cs["blob/psize_A"][0])
+    full = invoke("parse", src, "-o", tmp_path / "full")
+    half = invoke("parse", src, "-o", tmp_path / "half", "-D", int(box) // 2)
+    assert full.exit_code == 0 and half.exit_code == 0, full.output + half.output
+    # shifts are fractions of the file's own box whatever -D says; the CTF follows -D
+    _, t_full = load_poses(tmp_path / "full" / "poses.pkl")
+    _, t_half = load_poses(tmp_path / "half" / "poses.pkl")
+    np.testing.assert_allclose(t_half, t_full)
+    np.testing.assert_allclose(t_full, cs["alignments3D/shift"] / box, rtol=1e-6)
+    ctf = load_ctf_pkl(tmp_path / "half" / "ctf.pkl")
+    np.testing.assert_allclose(ctf[:, :2], [[box // 2, psize * 2]] * len(cs), rtol=1e-6)
+    # a .cs without alignments (an import or 2-D job): ctf.pkl alone
+    keep = [n for n in cs.dtype.names if not n.startswith("alignments")]
+    bare = tmp_path / "import.cs"
+    with open(bare, "wb") as fh:
+        np.save(fh, cs[keep].copy())
+    result = invoke("parse", bare, "-o", tmp_path / "bare")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "bare" / "ctf.pkl").exists()
+    assert not (tmp_path / "bare" / "poses.pkl").exists()
+    # errors name the file, not "cryoSPARC array"
+    no_ctf = tmp_path / "noctf.cs"
+    with open(no_ctf, "wb") as fh:
+        np.save(fh, cs[[n for n in keep if not n.startswith("ctf")]].copy())
+    result = invoke("parse", no_ctf, "-o", tmp_path / "none")
+    assert result.exit_code == 2 and "noctf.cs" in result.output
