@@ -1,4 +1,4 @@
-"""Evaluation commands: evaluate, demo, bench generalization, bench inference."""
+"""Evaluation commands: evaluate, demo, bench generalization, bench inference, bench encode."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cryonoo.cli import PRECISION_OPTION, _fail, _progress, app, console
 
-bench_app = typer.Typer(help="Benchmarks: generalization, inference.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: generalization, inference, encode.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
@@ -117,7 +117,10 @@ def demo(
     ] = None,
     recipes: Annotated[
         str | None,
-        typer.Option(help="Comma-separated recipes (default: cryodrgn, cryonoo, the recommended)."),
+        typer.Option(
+            help="Comma-separated recipes (default: cryodrgn and the recommended one; add "
+            "cryonoo for the paper's recipe)."
+        ),
     ] = None,
     ceiling: Annotated[
         bool, typer.Option(help="Also train the supervised oracle (the label ceiling).")
@@ -131,10 +134,11 @@ def demo(
     """The main job: does self-distillation generalize better than the plain VAE?
 
     Simulates the built-in `hinge` dataset (a two-domain hinge closing, SNR 0.1), trains the
-    plain VAE (`cryodrgn`), the paper's recipe (`cryonoo`) and the recommended recipe with the
-    same seed, architecture and epochs on its train split, trains a supervised encoder of the
-    same size on fresh images with the true labels (the ceiling of what one image carries),
-    evaluates every recipe on seen (train) and unseen (test) images and prints the tables.
+    plain VAE (`cryodrgn`) and the recommended recipe with the same seed, architecture and
+    epochs on its train split (`--recipes cryodrgn,cryonoo,sleep-2v` adds the paper's
+    recipe), trains a supervised encoder of the same size on fresh images with the true
+    labels (the ceiling of what one image carries), evaluates every recipe on seen (train)
+    and unseen (test) images and prints the tables.
     Writes OUTDIR/summary.json ({recipe: metrics, "recommended": name, "ceiling": {...}}) and
     figures. Precision: bf16 autocast on CPUs with native bfloat16 and on CUDA, else fp32.
     """
@@ -146,7 +150,7 @@ def demo(
     names = (
         [r.strip() for r in recipes.split(",") if r.strip()]
         if recipes
-        else ["cryodrgn", "cryonoo", RECOMMENDED]
+        else ["cryodrgn", RECOMMENDED]
     )
     config = _benchmark_config(
         phantom=phantom,
@@ -360,3 +364,123 @@ def bench_inference(
     console.print(table)
     console.print(format_comparison(result))
     console.print(f"results: {outdir / 'inference.json'}, {outdir / 'inference.md'}")
+
+
+@bench_app.command("encode")
+def bench_encode(
+    outdir: Annotated[Path, typer.Option("-o", "--outdir")] = Path("cryonoo_bench_encode"),
+    n_images: Annotated[int, typer.Option("-n", "--n-images", help="Images in the stack.")] = (
+        1_000_000
+    ),
+    box: Annotated[int, typer.Option("-D", "--box", help="Image size (px, even).")] = 128,
+    enc_dim: Annotated[int, typer.Option(help="Encoder width.")] = 1024,
+    enc_layers: Annotated[int, typer.Option(help="Encoder hidden layers.")] = 3,
+    zdim: Annotated[int, typer.Option(help="Latent dimension.")] = 8,
+    dtype: Annotated[str, typer.Option(help="The stack's mode on disk: float16 or float32.")] = (
+        "float16"
+    ),
+    source: Annotated[
+        str, typer.Option(help="mrcs (one stack) or star (a .star over --per-stack stacks).")
+    ] = "mrcs",
+    per_stack: Annotated[int, typer.Option(help="Images per stack with --source star.")] = 10_000,
+    precision: Annotated[str, PRECISION_OPTION] = "fp32",
+    batch_size: Annotated[int, typer.Option("-b", "--batch-size")] = 1024,
+    ctf: Annotated[bool, typer.Option(help="Encode with a (random) ctf.pkl, as --ctf.")] = True,
+    block: Annotated[int, typer.Option(help="Distinct images tiled into the stack.")] = 1000,
+    links: Annotated[
+        bool, typer.Option("--links/--copies", help="--source star: hard links or copies.")
+    ] = True,
+    drop_cache: Annotated[
+        bool, typer.Option(help="Evict the built stack from the page cache before reading it.")
+    ] = True,
+    breakdown: Annotated[
+        bool, typer.Option(help="Also time the loader alone, and the model and its MLP in memory.")
+    ] = True,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the stack is built (default: under --outdir).")
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the built stack, run and z.pkl.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the images, CTF and weights.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Encode a million particles from disk: wall time, images/s, peak memory, GFLOP/s.
+
+    Builds a stack of --n-images random images by tiling a block of --block images with
+    memory-mapped writes (one .mrcs, or per-stack .mrcs files and a .star), a random ctf.pkl and
+    a randomly initialised HetVAE saved as a run directory, then times what `cryonoo encode RUN
+    PARTICLES --ctf ctf.pkl` runs (load the run, open the stack lazily, encode, save z.pkl).
+    Writes OUTDIR/bench_encode.json; the stack is removed afterwards unless --keep.
+    """
+    from cryonoo.eval.encode_bench import RESULT_NAME, EncodeBenchConfig, run_encode_bench
+
+    try:
+        config = EncodeBenchConfig(
+            n_images=n_images,
+            box=box,
+            enc_dim=enc_dim,
+            enc_layers=enc_layers,
+            zdim=zdim,
+            dtype=dtype,
+            source=source,
+            per_stack=per_stack,
+            precision=precision,
+            batch_size=batch_size,
+            ctf=ctf,
+            block=block,
+            links=links,
+            drop_cache=drop_cache,
+            breakdown=breakdown,
+            seed=seed,
+        )
+        result = run_encode_bench(
+            outdir,
+            config,
+            device=device,
+            workdir=workdir,
+            keep=keep,
+            log=lambda msg: console.print(f"[dim]{msg}[/]"),
+        )
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    console.print(_encode_bench_table(result))
+    console.print(f"results: {outdir / RESULT_NAME}")
+
+
+def _encode_bench_table(r: dict) -> Table:
+    """The rich table of a ``bench_encode.json`` record."""
+    c, e, m, k = r["config"], r["encode"], r["memory"], r["compute"]
+    title = (
+        f"cryonoo encode of {c['n_images']:,} × {c['box']}² {c['dtype']} images "
+        f"({c['source']}, {r['device']}, {e['precision']}, {r['threads']} threads)"
+    )
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    s = r["stack"]
+    rows = [
+        ("stack on disk", f"{s['image_bytes'] / 2**30:.2f} GiB, {s['files']} file(s)"),
+        ("build (not timed below)", f"{s['build_s']:.1f} s"),
+        (
+            "encode wall (open / infer / save)",
+            f"{e['wall_s']:.2f} s ({e['open_s']:.2f} / {e['infer_s']:.2f} / {e['save_s']:.2f})",
+        ),
+        ("images/s", f"{e['images_per_s']:,.0f}"),
+        ("latents", f"{e['n_latents']:,} × {e['zdim']}"),
+        ("peak RSS / peak anonymous", f"{m['peak_rss_mb']:,.0f} / {m['peak_anon_mb']:,.0f} MB"),
+        ("encoder FLOPs per image", f"{k['encoder_flops_per_image'] / 1e6:,.2f} M"),
+        ("achieved (wall)", f"{k['achieved_gflops_per_s']:,.1f} GFLOP/s"),
+    ]
+    b = r.get("breakdown")
+    if b:
+        mo, serial = b["model_only_s"], b["serial_estimate_s"]
+        rows += [
+            ("encoder MLP alone", f"{b['mlp_only_gflops_per_s']:,.1f} GFLOP/s"),
+            ("fraction of the MLP rate", f"{b['fraction_of_mlp_rate']:.2f}"),
+            ("loader alone (read + preprocess)", f"{b['loader_only_s']:.2f} s"),
+            ("model alone / MLP alone (in memory)", f"{mo:.2f} / {b['mlp_only_s']:.2f} s"),
+            ("loader + model (serial) vs infer", f"{serial:.2f} vs {b['infer_s']:.2f} s"),
+            ("loader workers / prefetch", f"{b['num_workers']} / {b['prefetch_factor']}"),
+        ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

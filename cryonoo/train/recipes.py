@@ -241,6 +241,11 @@ RECIPES: dict[str, TrainConfig] = {
     "wake-sleep-batch": _sleep(
         "wake-sleep-batch", encoder_from_ssl_only=True, augment_options={"latents": "batch"}
     ),
+    # the encoder given each image's pose (pose-mlp: the rotation's first two rows as inputs)
+    "cryodrgn-pose": replace(_CRYODRGN, name="cryodrgn-pose", encoder="pose-mlp"),
+    "sleep-2v-pose": _sleep(
+        "sleep-2v-pose", noise_factors=(1.0, 1.0), ssl_weight=0.5, encoder="pose-mlp"
+    ),
 }
 
 
