@@ -51,6 +51,13 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)).mean()
 
 
+def _scale_grad(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass; its gradient times ``scale`` in the backward pass."""
+    if float(scale) == 0.0:
+        return x.detach()
+    return x.detach() + float(scale) * (x - x.detach())
+
+
 class HetVAE(LatticeModel):
     """Amortized heterogeneous VAE: any registered encoder + implicit decoder.
 
@@ -125,9 +132,10 @@ class HetVAE(LatticeModel):
         if getattr(self.encoder, "zdim", zdim) != zdim:
             raise ValueError(f"encoder: built for zdim={self.encoder.zdim}, the model has {zdim}")
         self.input_kind = getattr(self.encoder, "input_kind", "points")
-        #: whether the training loss reaches the encoder (``False``: the decoder learns from
-        #: detached latents; wake-sleep training sets it, see SelfDistillation)
-        self.latent_grad = True
+        #: how much of the training loss's gradient reaches the encoder: ``True``/1 all of it,
+        #: ``False``/0 none (the decoder learns from detached latents), a float in between
+        #: scales it (the forward pass is unchanged); set by SelfDistillation after warm-up
+        self.latent_grad: bool | float = True
 
     @property
     def needs_pose(self) -> bool:
@@ -174,8 +182,8 @@ class HetVAE(LatticeModel):
         self._check(batch.rot, "batch.rot", (b, 3, 3), "rotation matrices")
         y, c = self._prepare(batch.images, batch.ctf, batch.trans)
         mu, logvar = self._encode_prepared(y, c, batch.rot)
-        if not self.latent_grad:
-            mu, logvar = mu.detach(), logvar.detach()
+        if float(self.latent_grad) != 1.0:
+            mu, logvar = _scale_grad(mu, self.latent_grad), _scale_grad(logvar, self.latent_grad)
         z = self.reparameterize(mu, logvar)
         c_loss = None if c is None else c.index_select(1, self._loss_pos)
         pred = self._decode(z, batch.rot, c_loss)

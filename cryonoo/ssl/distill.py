@@ -129,6 +129,12 @@ class SelfDistillation(nn.Module):
         ``latent_grad`` switch, as :class:`~cryonoo.models.vae.HetVAE` does). With the
         ``dream`` augmenter this is the sleep phase of a Helmholtz machine: the encoder never
         fits the training images themselves, so it has nothing of theirs to memorize.
+        Equivalent to ``encoder_model_grad=0``.
+    encoder_model_grad:
+        After warm-up, the weight (in [0, 1]) of the model's own loss in the encoder's
+        gradient (the forward pass is unchanged; the decoder keeps the full gradient). 1: as
+        during warm-up; 0: ``encoder_from_ssl_only``. In between the encoder still fits the
+        training images, with less pull than the SSL term.
     teacher_momentum:
         Encode the anchor with an exponential-moving-average copy of the model (the teacher,
         as in BYOL/DINO) instead of the model itself: after each step the teacher's parameters
@@ -159,6 +165,7 @@ class SelfDistillation(nn.Module):
         *,
         detach_target: bool = False,
         encoder_from_ssl_only: bool = False,
+        encoder_model_grad: float = 1.0,
         teacher_momentum: float | None = None,
         decoder_prefix: str = "decoder",
         objective_kwargs: dict[str, Any] | None = None,
@@ -205,6 +212,10 @@ class SelfDistillation(nn.Module):
         self.decoder_freeze = bool(decoder_freeze)
         self.detach_target = bool(detach_target)
         self.encoder_from_ssl_only = bool(encoder_from_ssl_only)
+        if not 0.0 <= encoder_model_grad <= 1.0:
+            raise ValueError(f"encoder_model_grad must be in [0, 1], got {encoder_model_grad}")
+        #: after warm-up, the weight of the model's own loss in the encoder's gradient
+        self.encoder_model_grad = 0.0 if encoder_from_ssl_only else float(encoder_model_grad)
         self.teacher: nn.Module | None = None
         if teacher_momentum is not None:
             if not 0 <= teacher_momentum < 1:
@@ -212,9 +223,10 @@ class SelfDistillation(nn.Module):
             self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
             self.register_buffer("teacher_started", torch.zeros((), dtype=torch.bool))
         self.teacher_momentum = teacher_momentum
-        if self.encoder_from_ssl_only and not hasattr(model, "latent_grad"):
+        if self.encoder_model_grad != 1.0 and not hasattr(model, "latent_grad"):
             raise ValueError(
-                "encoder_from_ssl_only=True needs a model with a `latent_grad` switch (whether "
+                "encoder_from_ssl_only=True / encoder_model_grad < 1 need a model with a "
+                "`latent_grad` switch (how much "
                 f"its own loss trains the encoder); {type(model).__name__} has none"
             )
         self.decoder_prefix = decoder_prefix
@@ -240,8 +252,8 @@ class SelfDistillation(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Tell the wrapper the current (0-based) epoch; applies or lifts the decoder freeze."""
         self.epoch = int(epoch)
-        if self.encoder_from_ssl_only:
-            self.model.latent_grad = not self.active
+        if self.encoder_model_grad != 1.0:
+            self.model.latent_grad = self.encoder_model_grad if self.active else True
         params = dict(self.model.named_parameters())
         if self.decoder_freeze and self.active and not self._frozen:
             for name in self.decoder_parameter_names():

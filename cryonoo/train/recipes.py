@@ -78,6 +78,7 @@ class TrainConfig:
     detach_render: bool = True
     detach_target: bool = False  # stop the SSL gradient at z0 (see SelfDistillation)
     encoder_from_ssl_only: bool = False  # after warm-up the encoder learns from SSL alone
+    encoder_model_grad: float = 1.0  # after warm-up, the model loss's weight in the encoder
     teacher_momentum: float | None = None  # EMA teacher for the anchor latent (None: none)
     ssl_options: dict[str, Any] = field(default_factory=dict)  # objective kwargs (e.g. inv=25)
     augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"pose": "random"}
@@ -240,6 +241,10 @@ RECIPES: dict[str, TrainConfig] = {
     "wake-sleep": _sleep("wake-sleep", encoder_from_ssl_only=True),
     "wake-sleep-batch": _sleep(
         "wake-sleep-batch", encoder_from_ssl_only=True, augment_options={"latents": "batch"}
+    ),
+    # the VAE term's pull on the encoder scaled down after warm-up (Round E)
+    "sleep-2v-g03": _sleep(
+        "sleep-2v-g03", noise_factors=(1.0, 1.0), ssl_weight=0.5, encoder_model_grad=0.3
     ),
     # the encoder given each image's pose (pose-mlp: the rotation's first two rows as inputs)
     "cryodrgn-pose": replace(_CRYODRGN, name="cryodrgn-pose", encoder="pose-mlp"),

@@ -184,3 +184,42 @@ def test_vicreg_rank_scaling_lifts_the_covariance_floor():
     torch.testing.assert_close(fa["loss"], fa["inv"] + fa["var"] + fa["cov"])
     with pytest.raises(ValueError, match="cov_scale"):
         SSL.build("vicreg", in_dim=4, cov_scale="auto")
+
+
+def _encoder_grads(model: HetVAE, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients of the model's own loss on the encoder and the decoder (posterior means)."""
+    model.zero_grad()
+    model.training_step(batch).loss.backward()
+    enc = [p.grad.clone() for p in model.encoder.parameters()]
+    dec = [p.grad.clone() for p in model.decoder.parameters()]
+    return enc, dec
+
+
+def test_encoder_model_grad_scales_only_the_encoders_gradient_after_warmup():
+    model, batch = _vae().eval(), _batch()  # eval: posterior means, the step is deterministic
+    full_enc, full_dec = _encoder_grads(model, batch)
+    wrapped = SelfDistillation(
+        model, objective="regress", augmenter="dream", warmup_epochs=1,
+        encoder_model_grad=0.3, objective_kwargs={"head": "none"},
+        augmenter_kwargs={"sigma": 0.2},
+    )  # fmt: skip
+    wrapped.set_epoch(0)  # warm-up: untouched
+    for a, b in zip(_encoder_grads(model, batch)[0], full_enc, strict=True):
+        torch.testing.assert_close(a, b)
+    wrapped.set_epoch(1)
+    loss_before = float(model.training_step(batch).loss.detach())
+    enc, dec = _encoder_grads(model, batch)
+    assert float(model.training_step(batch).loss.detach()) == loss_before  # forward unchanged
+    for a, b in zip(enc, full_enc, strict=True):
+        torch.testing.assert_close(a, 0.3 * b)
+    for a, b in zip(dec, full_dec, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="encoder_model_grad"):
+        SelfDistillation(
+            _vae(),
+            objective="regress",
+            augmenter="dream",
+            encoder_model_grad=1.5,
+            objective_kwargs={"head": "none"},
+            augmenter_kwargs={"sigma": 0.2},
+        )
