@@ -1,0 +1,1 @@
+"""Analysis of trained runs: latent landscapes and particle selection."""
