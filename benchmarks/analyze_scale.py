@@ -1,7 +1,7 @@
 """Wall time and peak memory of the latent-landscape analysis on many latents (no map decoding).
 
 Builds ``N`` zdim-``D`` latents from a seeded Gaussian mixture, runs
-:func:`cryonoo.analysis.landscape.analyze_landscape` with ``decode=False`` (PCA, UMAP when
+:func:`cryonoo.analysis.analyze.analyze_landscape` with ``decode=False`` (PCA, UMAP when
 installed, k-means for each k, traversals, figures, ``analysis.json``, ``index.html``) and prints
 the wall time of each phase and the process's peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from cryonoo.analysis.landscape import analyze_landscape, parse_ks
+    from cryonoo.analysis.analyze import analyze_landscape
+    from cryonoo.analysis.inputs import parse_ks
 
     t0 = time.perf_counter()
     z = gaussian_mixture(args.n, args.zdim, seed=args.seed)

@@ -86,6 +86,6 @@ def list_components() -> None:
 
 
 # register the commands (the submodules import ``app`` from here)
-from cryonoo.cli import data, training, evaluation, analysis  # noqa: E402, I001  (help order)
+from cryonoo.cli import data, training, evaluation, analysis, selection  # noqa: E402, I001  (help order)
 
-__all__ = ["analysis", "app", "data", "evaluation", "training"]
+__all__ = ["analysis", "app", "data", "evaluation", "selection", "training"]

@@ -27,7 +27,7 @@ def _load_inputs(
     run: Any, zpath: Path, ks: str, labels: Path | None, color_by: Path | None
 ) -> tuple[Any, tuple[int, ...], Any, Any]:
     """Latents ``(N, zdim)``, cluster counts, labels ``(N,)`` and values ``(N,)``, validated."""
-    from cryonoo.analysis.landscape import (
+    from cryonoo.analysis.inputs import (
         check_ks,
         check_latents,
         check_per_particle,
@@ -50,8 +50,8 @@ def _load_inputs(
 
 
 def _run_analysis(run: Any, z: Any, outdir: Path, options: dict[str, Any]) -> Any:
-    """:func:`~cryonoo.analysis.landscape.analyze_landscape` with a progress bar over the maps."""
-    from cryonoo.analysis.landscape import analyze_landscape, count_maps
+    """:func:`~cryonoo.analysis.analyze.analyze_landscape` with a progress bar over the maps."""
+    from cryonoo.analysis.analyze import analyze_landscape, count_maps
 
     dev = next(run.model.parameters()).device
 

@@ -5,7 +5,9 @@ Conventions
 * A file is a sequence of ``data_<name>`` blocks, each with ``_key value`` pairs and/or one
   ``loop_`` table (labels, then whitespace-separated rows; quoted values and ``#`` comments
   allowed). Blocks are keyed by ``<name>``: ``data_optics`` → ``"optics"``, ``data_`` → ``""``.
-  Columns whose every value parses as a number are stored as float64, the others as strings.
+  Columns whose every value parses as a number are stored as float64, the others as strings;
+  :func:`read_star_raw` keeps every value as its string token, and :func:`write_star_blocks`
+  writes such blocks back unchanged (a lossless rewrite, comments and alignment aside).
 * RELION 3.1+ has a ``data_optics`` table; the particle table is the largest other table.
   Per-particle optics values are looked up through ``_rlnOpticsGroup``; a label absent from the
   optics table (or a RELION 3.0 file with no optics table) is read from the particle table.
@@ -39,9 +41,11 @@ __all__ = [
     "StarTable",
     "pose_columns",
     "read_star",
+    "read_star_raw",
     "star_ctf",
     "star_poses",
     "write_star",
+    "write_star_blocks",
 ]
 
 _TOKEN = re.compile(r""""([^"]*)"|'([^']*)'|(\S+)""")
@@ -171,9 +175,17 @@ def _tokens(line: str) -> list[str]:
 
 
 def _loop_columns(
-    path: Path, name: str, labels: list[str], lines: list[str], linenos: list[int]
+    path: Path,
+    name: str,
+    labels: list[str],
+    lines: list[str],
+    linenos: list[int],
+    keep_text: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Split a loop's data lines into per-column string arrays (one bulk split when possible)."""
+    """Split a loop's data lines into per-column arrays (one bulk split when possible).
+
+    Numeric columns become float64 unless ``keep_text``, which keeps each value as its token.
+    """
     ncols = len(labels)
     text = "".join(lines)
     simple = not any(c in text for c in "\"'#")
@@ -195,6 +207,8 @@ def _loop_columns(
                 f"{path}, line {linenos[-1]}: incomplete row in data_{name} "
                 f"({len(pending)} of {ncols} values)"
             )
+    if keep_text:
+        return {lab: np.array(tokens[j::ncols], dtype=str) for j, lab in enumerate(labels)}
     columns = {}
     for j, lab in enumerate(labels):
         try:  # numeric columns are stored as float64 (8 bytes per value)
@@ -206,7 +220,20 @@ def _loop_columns(
 
 def read_star(path: str | os.PathLike[str]) -> StarFile:
     """Parse a ``.star`` file (RELION 3.0 single table or 3.1+ optics + particles)."""
-    path = Path(os.fspath(path))
+    return _read(Path(os.fspath(path)), keep_text=False)
+
+
+def read_star_raw(path: str | os.PathLike[str]) -> StarFile:
+    """Parse a ``.star`` file keeping every loop value as the string token read (quotes removed).
+
+    Blocks, labels and rows keep the file's order; with :func:`write_star_blocks` this gives a
+    lossless rewrite (comments and column alignment aside).
+    """
+    return _read(Path(os.fspath(path)), keep_text=True)
+
+
+def _read(path: Path, keep_text: bool) -> StarFile:
+    """The parser behind :func:`read_star` (``keep_text=False``) and :func:`read_star_raw`."""
     blocks: dict[str, StarTable] = {}
     cur: StarTable | None = None
     labels: list[str] = []
@@ -217,7 +244,7 @@ def read_star(path: str | os.PathLike[str]) -> StarFile:
     def finish() -> None:
         nonlocal in_loop, labels, lines, linenos
         if cur is not None and in_loop:
-            cur.columns = _loop_columns(path, cur.name, labels, lines, linenos)
+            cur.columns = _loop_columns(path, cur.name, labels, lines, linenos, keep_text)
         in_loop, labels, lines, linenos = False, [], [], []
 
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -405,5 +432,38 @@ def write_star(
                 raise ValueError(f"{n_opt} optics groups: give particles a _rlnOpticsGroup column")
             part["_rlnOpticsGroup"] = np.ones(len(next(iter(part.values()))), np.int64)
         lines = _block("optics", opt) + _block("particles", part)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _table_lines(table: StarTable) -> list[str]:
+    """``data_<name>``, its ``_key value`` pairs, then its ``loop_`` (labels and rows)."""
+    lines = ["", "# version 30001", "", f"data_{table.name}", ""]
+    for key, value in table.pairs.items():
+        lines.append(f"{key} {_format(np.array([value], dtype=str))[0]}")
+    if not table.columns:
+        return lines
+    cols = [_format(v) for v in table.columns.values()]
+    if len({len(c) for c in cols}) > 1:
+        raise ValueError(
+            f"data_{table.name}: columns have different lengths {[len(c) for c in cols]}"
+        )
+    lines += ["loop_", *(f"{lab} #{i}" for i, lab in enumerate(table.columns, start=1))]
+    return [*lines, *(" ".join(row) for row in zip(*cols, strict=True)), ""]
+
+
+def write_star_blocks(
+    path: str | os.PathLike[str], blocks: StarFile | Mapping[str, StarTable]
+) -> None:
+    """Write every block of ``blocks`` (a :class:`StarFile` or ``name → StarTable``) atomically.
+
+    Blocks, pairs, labels and rows keep their order; string values are written as they are
+    (quoted when empty, starting with ``#`` or holding whitespace) and floats with 10 significant
+    digits, so a :func:`read_star_raw` table is re-emitted verbatim.
+    """
+    tables = blocks.blocks if isinstance(blocks, StarFile) else blocks
+    if not tables:
+        raise ValueError("write_star_blocks needs at least one block")
+    lines = [line for table in tables.values() for line in _table_lines(table)]
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

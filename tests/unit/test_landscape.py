@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryonoo.analysis import analyze, chimerax, inputs
 from cryonoo.analysis import landscape as ls
 from cryonoo.io.mrc import read_mrc, read_mrc_header
 
@@ -159,7 +160,7 @@ def test_umap_fits_on_a_seeded_subsample_and_transforms_the_rest(monkeypatch):
 def test_umap_missing_is_skipped_with_a_note(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "umap", None)  # import raises ImportError
     assert ls.umap_embedding(mixture(30, 2)) is None
-    res = ls.analyze_landscape(mixture(60, 2), tmp_path / "a", ks=[2], decode=False)
+    res = analyze.analyze_landscape(mixture(60, 2), tmp_path / "a", ks=[2], decode=False)
     assert not res.record["umap"]["computed"] and "umap-learn" in res.record["umap"]["note"]
     assert res.record["files"]["umap"] is None
     assert not any(k.startswith("umap") for k in res.record["files"]["figures"])
@@ -168,7 +169,7 @@ def test_umap_missing_is_skipped_with_a_note(monkeypatch, tmp_path):
 def test_umap_figures_when_available(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=_FakeUMAP))
     z = mixture(80, 3)
-    res = ls.analyze_landscape(z, tmp_path / "a", ks=[3], color_by=z[:, 0], decode=False)
+    res = analyze.analyze_landscape(z, tmp_path / "a", ks=[3], color_by=z[:, 0], decode=False)
     figs = res.record["files"]["figures"]
     assert {"umap_density", "umap_kmeans3", "umap_color_by"} <= set(figs)
     assert np.load(tmp_path / "a" / "umap.npy").shape == (80, 2)
@@ -176,18 +177,18 @@ def test_umap_figures_when_available(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- ChimeraX
 def test_chimerax_script_names_the_maps():
-    text = ls.chimerax_script(["vol_000.mrc", "vol_001.mrc"], 0.25, "pc1", play=True)
+    text = chimerax.chimerax_script(["vol_000.mrc", "vol_001.mrc"], 0.25, "pc1", play=True)
     assert "open vol_000.mrc vol_001.mrc vseries true" in text
     assert "volume #1 level 0.25" in text and "vseries play #1" in text
-    assert "vseries play" not in ls.chimerax_script(["a.mrc"], 1.0, "kmeans5")
+    assert "vseries play" not in chimerax.chimerax_script(["a.mrc"], 1.0, "kmeans5")
     with pytest.raises(ValueError):
-        ls.chimerax_script([], 1.0, "x")
+        chimerax.chimerax_script([], 1.0, "x")
 
 
 def test_written_cxc_files_name_the_written_maps(tmp_path):
     z = mixture(200, 3)
     out = tmp_path / "analysis"
-    res = ls.analyze_landscape(z, out, ks=[2, 4], volume_fn=fake_volume, voxel_size=3.5)
+    res = analyze.analyze_landscape(z, out, ks=[2, 4], volume_fn=fake_volume, voxel_size=3.5)
     series = res.record["files"]["series"]
     assert set(series) == {"kmeans2", "kmeans4", "pc1", "pc2"}
     for name, entry in series.items():
@@ -206,7 +207,7 @@ def test_written_cxc_files_name_the_written_maps(tmp_path):
 
 def test_centroid_maps_are_decoded_at_the_nearest_particles(tmp_path):
     z = mixture(150, 2)
-    res = ls.analyze_landscape(z, tmp_path / "a", ks=[3], volume_fn=fake_volume)
+    res = analyze.analyze_landscape(z, tmp_path / "a", ks=[3], volume_fn=fake_volume)
     cl = res.landscape.clusters[3]
     rows = np.loadtxt(tmp_path / "a" / "kmeans3" / "z_values.txt", ndmin=2)
     np.testing.assert_allclose(rows, z[cl.center_indices], rtol=1e-5)
@@ -228,7 +229,7 @@ def test_layout_summary_and_report_links(tmp_path):
     z = mixture(300, 3)
     labels = np.arange(300) % 3
     out = tmp_path / "a"
-    res = ls.analyze_landscape(
+    res = analyze.analyze_landscape(
         z, out, ks=[5, 2], labels=labels, color_by=z[:, 1], volume_fn=fake_volume, seed=1
     )
     rec = json.loads((out / "analysis.json").read_text())
@@ -258,7 +259,7 @@ def test_layout_summary_and_report_links(tmp_path):
 
 
 def test_decode_false_writes_no_maps(tmp_path):
-    res = ls.analyze_landscape(mixture(100, 2), tmp_path / "a", ks=[2], decode=False)
+    res = analyze.analyze_landscape(mixture(100, 2), tmp_path / "a", ks=[2], decode=False)
     assert not list((tmp_path / "a").rglob("*.mrc")) and not list((tmp_path / "a").rglob("*.cxc"))
     assert all(
         e["maps"] == [] and e["chimerax"] is None for e in res.record["files"]["series"].values()
@@ -268,10 +269,10 @@ def test_decode_false_writes_no_maps(tmp_path):
 
 def test_zdim_one_has_one_traversal(tmp_path):
     z = mixture(100, 1)
-    res = ls.analyze_landscape(z, tmp_path / "a", ks=[2], volume_fn=fake_volume)
+    res = analyze.analyze_landscape(z, tmp_path / "a", ks=[2], volume_fn=fake_volume)
     assert set(res.record["traversals"]) == {"pc1"}
     assert (tmp_path / "a" / "pca_density.png").is_file()
-    assert ls.count_maps([2], 1) == 2 + 10 and ls.count_maps([5, 20], 8) == 45
+    assert analyze.count_maps([2], 1) == 2 + 10 and analyze.count_maps([5, 20], 8) == 45
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -303,29 +304,31 @@ def test_bad_inputs_write_nothing(tmp_path, kw, message):
     kw = {"ks": [2], "decode": False, **kw}
     z = kw.pop("z")
     with pytest.raises(ValueError, match=re.escape(message)):
-        ls.analyze_landscape(z, tmp_path / "out", **kw)
+        analyze.analyze_landscape(z, tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
 
 
 def test_check_latents_width_and_parse_ks():
     with pytest.raises(ValueError, match="width 3; the model's zdim is 2"):
-        ls.check_latents(np.zeros((5, 3)), zdim=2)
-    assert ls.parse_ks("5,20") == (5, 20) and ls.parse_ks(" 3, 3 ,7") == (3, 3, 7)
-    assert ls.check_ks((20, 5, 5), 100) == (5, 20)
+        inputs.check_latents(np.zeros((5, 3)), zdim=2)
+    assert inputs.parse_ks("5,20") == (5, 20) and inputs.parse_ks(" 3, 3 ,7") == (3, 3, 7)
+    assert inputs.check_ks((20, 5, 5), 100) == (5, 20)
     for text in ("5,x", "", "2.5"):
         with pytest.raises(ValueError, match="--ks"):
-            ls.parse_ks(text)
+            inputs.parse_ks(text)
     with pytest.raises(ValueError, match="integer"):
-        ls.check_ks([2.0], 10)
+        inputs.check_ks([2.0], 10)
 
 
 def test_per_particle_files(tmp_path):
     np.save(tmp_path / "a.npy", np.arange(4.0))
     (tmp_path / "b.txt").write_text("x\ny\nx\nz\n")
     np.savetxt(tmp_path / "c.txt", np.arange(4))
-    assert ls.load_per_particle(tmp_path / "a.npy").tolist() == [0, 1, 2, 3]
-    assert ls.load_per_particle(tmp_path / "b.txt").tolist() == ["x", "y", "x", "z"]
-    assert ls.check_per_particle(ls.load_per_particle(tmp_path / "c.txt"), 4, "c").shape == (4,)
-    assert ls.check_per_particle(np.zeros((4, 1)), 4, "col").shape == (4,)
+    assert inputs.load_per_particle(tmp_path / "a.npy").tolist() == [0, 1, 2, 3]
+    assert inputs.load_per_particle(tmp_path / "b.txt").tolist() == ["x", "y", "x", "z"]
+    assert inputs.check_per_particle(
+        inputs.load_per_particle(tmp_path / "c.txt"), 4, "c"
+    ).shape == (4,)
+    assert inputs.check_per_particle(np.zeros((4, 1)), 4, "col").shape == (4,)
     with pytest.raises(ValueError, match="one value per particle"):
-        ls.check_per_particle(np.zeros((4, 2)), 4, "two")
+        inputs.check_per_particle(np.zeros((4, 2)), 4, "two")
