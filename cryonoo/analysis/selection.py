@@ -125,6 +125,29 @@ def subset_indices(indices: Any, n: int | None, source: object = "indices") -> n
     return arr
 
 
+def density_bins(n: int) -> int:
+    """Bins per axis for :func:`local_density`: ~10 particles per bin on average (8 … 256)."""
+    return int(np.clip(np.sqrt(n / 10), 8, 256))
+
+
+def local_density(xy: np.ndarray, bins: int | None = None) -> np.ndarray:
+    """``(n,)`` particles per bin of a ``bins × bins`` histogram over ``xy``'s range, for each
+    particle the count of its own bin (O(n) time and memory, vectorized); ``bins`` defaults
+    to :func:`density_bins`."""
+    bins = density_bins(len(xy)) if bins is None else int(bins)
+    counts, xe, ye = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins)
+    ix = np.clip(np.searchsorted(xe, xy[:, 0], side="right") - 1, 0, bins - 1)
+    iy = np.clip(np.searchsorted(ye, xy[:, 1], side="right") - 1, 0, bins - 1)
+    return counts[ix, iy]
+
+
+def _density_mask(xy: np.ndarray, quantile: float) -> np.ndarray:
+    if not (isinstance(quantile, (int, float)) and 0 <= quantile < 1):
+        raise ValueError(f"density quantile must be in [0, 1), got {quantile!r}")
+    density = local_density(xy)
+    return density >= np.quantile(density, quantile)
+
+
 def select_indices(
     n: int,
     *,
@@ -134,9 +157,15 @@ def select_indices(
     box: Sequence[float] | None = None,
     polygon: Any = None,
     index: Any = None,
+    density_quantile: float | None = None,
     invert: bool = False,
 ) -> np.ndarray:
     """Sorted distinct 0-based ``(k,)`` int64 indices of the selected particles out of ``n``.
+
+    ``density_quantile`` ``q`` in [0, 1) with ``coords``: keep the particles whose local
+    density (:func:`local_density`) is at least the ``q``-quantile of all particles' (``q =
+    0.1`` drops the sparsest ~10 %: outliers and junk away from the landscape's populated
+    regions).
 
     ``labels`` ``(n,)`` with ``clusters`` (ids to keep); ``coords`` ``(n, 2)`` (e.g. PC1/PC2
     scores) with ``box`` ``(xmin, xmax, ymin, ymax)`` (inclusive) and/or ``polygon`` ``(m, 2)``,
@@ -152,14 +181,16 @@ def select_indices(
         mask &= _cluster_mask(n, labels, clusters)  # type: ignore[arg-type]
     if coords is not None:
         xy = _check_coords(n, coords)
-        if box is None and polygon is None:
-            raise ValueError("coords given without a box or a polygon to select with")
+        if box is None and polygon is None and density_quantile is None:
+            raise ValueError("coords given without a box, polygon or density quantile")
+        if density_quantile is not None:
+            mask &= _density_mask(xy, density_quantile)
         if box is not None:
             mask &= _box_mask(xy, box)
         if polygon is not None:
             mask &= _polygon_mask(xy, polygon)
-    elif box is not None or polygon is not None:
-        raise ValueError("a box or polygon selection needs coords of shape (n, 2)")
+    elif box is not None or polygon is not None or density_quantile is not None:
+        raise ValueError("a box, polygon or density selection needs coords of shape (n, 2)")
     if index is not None:
         keep = np.zeros(n, dtype=bool)
         keep[subset_indices(index, n, "index")] = True

@@ -79,6 +79,7 @@ def _select(
     box: str | None,
     polygon: str | None,
     index: Path | None,
+    density: float | None,
     invert: bool,
 ) -> Any:
     """The selected 0-based indices (every input checked)."""
@@ -90,17 +91,18 @@ def _select(
         raise ValueError("--clusters goes with --labels or --kmeans (and they need --clusters)")
     ids = None if clusters is None else _numbers(clusters, "--clusters", int)
     b, poly = _box(box), _polygon(polygon)
-    coords = _pca_coords(z, b is not None or poly is not None)
+    coords = _pca_coords(z, b is not None or poly is not None or density is not None)
     ind = None if index is None else load_indices(index, z.shape[0])
     if lab is None and coords is None and ind is None:
         raise ValueError(
-            "give a criterion: --labels/--kmeans with --clusters, --pca-box, --pca-polygon "
-            "or --index"
+            "give a criterion: --labels/--kmeans with --clusters, --pca-box, --pca-polygon, "
+            "--density-quantile or --index"
         )
     n = z.shape[0]
     return select_indices(
-        n, labels=lab, clusters=ids, coords=coords, box=b, polygon=poly, index=ind, invert=invert
-    )
+        n, labels=lab, clusters=ids, coords=coords, box=b, polygon=poly, index=ind,
+        density_quantile=density, invert=invert,
+    )  # fmt: skip
 
 
 @app.command("select")
@@ -129,6 +131,13 @@ def select(
     index: Annotated[
         Path | None, typer.Option(help="0-based index file (.pkl/.npy/.txt) to intersect.")
     ] = None,
+    density_quantile: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep particles whose PC1/PC2 density is ≥ this quantile (0.1 drops the "
+            "sparsest ~10 %)."
+        ),
+    ] = None,
     invert: Annotated[
         bool, typer.Option("--invert", help="Keep the particles NOT selected.")
     ] = False,
@@ -142,9 +151,10 @@ def select(
     """Select particles from their latents and write the selection where they came from.
 
     Criteria intersect: clusters of --labels (or of a seeded --kmeans), a box or polygon in
-    the PC1/PC2 plane of the latents, an --index file; --invert complements. Writes
-    OUT_STEM.ind.pkl (0-based indices, cryoDRGN --ind) and, when given, OUT_STEM.star (every
-    block and column of --star, selected rows only, image names unchanged) and OUT_STEM.cs.
+    the PC1/PC2 plane of the latents, a --density-quantile there, an --index file; --invert
+    complements. Writes OUT_STEM.ind.pkl (0-based indices, cryoDRGN --ind) and, when given,
+    OUT_STEM.star (every block and column of --star, selected rows only, image names
+    unchanged) and OUT_STEM.cs.
     The .star/.cs must have one row per latent, in the same order.
     """
     from cryonoo.analysis.inputs import check_latents, load_latents
@@ -154,7 +164,10 @@ def select(
 
     try:
         z = check_latents(load_latents(zfile), name=str(zfile))
-        sel = _select(z, labels, clusters, kmeans_k, seed, pca_box, pca_polygon, index, invert)
+        sel = _select(
+            z, labels, clusters, kmeans_k, seed, pca_box, pca_polygon, index, density_quantile,
+            invert,
+        )  # fmt: skip
         meta = read_star_raw(star) if star is not None else None
         if meta is not None:
             check_row_count(len(meta), len(z), star)

@@ -113,3 +113,19 @@ def test_bad_arguments_exit_2(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in said(result)
     assert not (tmp_path / "sel.ind.pkl").exists()
+
+
+def test_select_density_quantile_matches_the_library(tmp_path):
+    from cryonoo.analysis.landscape import fit_pca
+    from cryonoo.analysis.selection import select_indices
+
+    z = _z(tmp_path / "z.pkl", 500)
+    result = invoke("select", tmp_path / "z.pkl", "-o", tmp_path / "d", "--density-quantile", 0.2)
+    assert result.exit_code == 0, result.output
+    xy = fit_pca(z).transform(z)[:, :2]
+    expected = select_indices(len(z), coords=xy, density_quantile=0.2)
+    assert load_indices(tmp_path / "d.ind.pkl").tolist() == expected.tolist()
+    assert 0 < len(expected) < len(z)
+    bad = invoke("select", tmp_path / "z.pkl", "-o", tmp_path / "e", "--density-quantile", 1.5)
+    assert bad.exit_code == 2 and "density quantile" in bad.output
+    assert not list(tmp_path.glob("e.*"))

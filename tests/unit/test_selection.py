@@ -190,3 +190,35 @@ def test_bad_subset_indices_leave_no_file(samples, tmp_path, name, bad, message)
     with pytest.raises(ValueError, match=message):
         write(samples / name, np.array(bad, dtype=np.int64), tmp_path / "sub")
     _assert_no_file(tmp_path)
+
+
+def test_local_density_is_the_count_of_each_particles_bin():
+    from cryonoo.analysis.selection import local_density
+
+    rng = np.random.default_rng(4)
+    xy = rng.normal(size=(3000, 2))
+    bins = 16
+    density = local_density(xy, bins)
+    # by hand: the bin edges of the range, each particle's bin, the particles sharing it
+    xe = np.linspace(xy[:, 0].min(), xy[:, 0].max(), bins + 1)
+    ye = np.linspace(xy[:, 1].min(), xy[:, 1].max(), bins + 1)
+    ix = np.minimum(np.digitize(xy[:, 0], xe) - 1, bins - 1)
+    iy = np.minimum(np.digitize(xy[:, 1], ye) - 1, bins - 1)
+    same = (ix[:, None] == ix[None, :]) & (iy[:, None] == iy[None, :])
+    np.testing.assert_array_equal(density, same.sum(1))
+
+
+def test_density_quantile_drops_the_sparse_outliers():
+    rng = np.random.default_rng(5)
+    core = rng.normal(scale=0.3, size=(2000, 2))
+    outliers = rng.uniform(-8, 8, size=(100, 2))
+    xy = np.concatenate([core, outliers])
+    kept = select_indices(len(xy), coords=xy, density_quantile=0.1)
+    assert np.isin(np.arange(2000, 2100), kept).mean() < 0.1  # outliers mostly gone
+    assert np.isin(np.arange(2000), kept).mean() > 0.85
+    inverted = select_indices(len(xy), coords=xy, density_quantile=0.1, invert=True)
+    assert np.intersect1d(kept, inverted).size == 0 and kept.size + inverted.size == len(xy)
+    with pytest.raises(ValueError, match="density quantile"):
+        select_indices(len(xy), coords=xy, density_quantile=1.0)
+    with pytest.raises(ValueError, match="coords"):
+        select_indices(len(xy), density_quantile=0.1)
