@@ -31,41 +31,10 @@ from dataclasses import replace
 from pathlib import Path
 
 _PEAK = """
-import resource
-def _status(key):
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-def peak():
-    \"\"\"This process's peak resident set (bytes): VmHWM, which starts afresh at exec (ru_maxrss
-    would carry the parent's peak over the fork).\"\"\"
-    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-class AnonSampler:
-    \"\"\"Peak anonymous resident memory (RssAnon: the process's own allocations, without the
-    page cache of memory-mapped files), polled every 2 ms on a thread.\"\"\"
-    def __init__(self):
-        import threading
-        self.peak, self._stop = _status("RssAnon"), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-    def _run(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, _status("RssAnon"))
-    def stop(self):
-        self._stop.set(); self._thread.join()
-        return max(self.peak, _status("RssAnon"))
-def reset_peak():
-    \"\"\"Restart the peak from the current resident set (Linux; elsewhere a no-op).\"\"\"
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
+from cryonoo.eval.memory import AnonSampler as _AnonSampler, status_bytes as _status
+from cryonoo.eval.memory import peak_rss_bytes as peak, reset_peak_rss as reset_peak
+def AnonSampler():
+    return _AnonSampler(interval_s=0.002)
 """
 
 _CHILD_TRAIN = (

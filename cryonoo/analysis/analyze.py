@@ -33,6 +33,7 @@ from cryonoo.analysis.files import relative, write_npy, write_rows, write_text
 from cryonoo.analysis.inputs import check_ks, check_latents, check_per_particle
 from cryonoo.analysis.landscape import DEFAULT_KS, N_TRAVERSAL, Landscape, compute_landscape
 from cryonoo.analysis.report import analysis_record, html_report
+from cryonoo.eval.clusters import decode_volumes
 from cryonoo.io.mrc import write_mrc
 
 __all__ = ["AnalysisResult", "VolumeFn", "analyze_landscape", "count_maps"]
@@ -56,15 +57,7 @@ def _decode_maps(
 ) -> tuple[list[Path], float]:
     """Write ``vol_000.mrc …`` for latents ``(m, d)``; return their paths, first map's level."""
     paths, level = [], 0.0
-    rows = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
-    for i in range(rows.shape[0]):
-        with torch.no_grad():
-            vol = volume_fn(rows[i].clone())
-        if isinstance(vol, torch.Tensor):
-            vol = vol.detach().float().cpu().numpy()
-        vol = np.asarray(vol, dtype=np.float32)
-        if vol.ndim != 3 or len(set(vol.shape)) != 1:
-            raise ValueError(f"volume_fn must return an (n, n, n) map, got shape {vol.shape}")
+    for i, vol in enumerate(decode_volumes(latents, volume_fn)):
         if i == 0:
             level = map_level(vol)
         path = directory / f"vol_{i:03d}.mrc"

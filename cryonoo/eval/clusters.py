@@ -16,7 +16,7 @@ torch tensors (moved to the CPU).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,15 @@ import torch
 
 from cryonoo.io.mrc import write_mrc
 
-__all__ = ["PCA", "KMeansResult", "as_latents", "kmeans", "pca_fit", "write_cluster_volumes"]
+__all__ = [
+    "PCA",
+    "KMeansResult",
+    "as_latents",
+    "decode_volumes",
+    "kmeans",
+    "pca_fit",
+    "write_cluster_volumes",
+]
 
 
 def as_latents(z: Any, name: str = "z") -> np.ndarray:
@@ -213,6 +221,24 @@ def kmeans(
     )
 
 
+def decode_volumes(
+    latents: np.ndarray, volume_fn: Callable[[torch.Tensor], Any]
+) -> Iterator[np.ndarray]:
+    """Each row of ``latents (m, d)`` decoded by ``volume_fn`` (a float32 CPU tensor ``(d,)``
+    → an ``(n, n, n)`` tensor or array, under ``no_grad``), as a float32 array, one at a time;
+    ValueError if a result is not a cube."""
+    rows = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+    for i in range(rows.shape[0]):
+        with torch.no_grad():
+            vol = volume_fn(rows[i].clone())
+        if isinstance(vol, torch.Tensor):
+            vol = vol.detach().float().cpu().numpy()
+        vol = np.asarray(vol, dtype=np.float32)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise ValueError(f"volume_fn must return an (n, n, n) volume, got shape {vol.shape}")
+        yield vol
+
+
 def write_cluster_volumes(
     centers_z: Any,
     volume_fn: Callable[[torch.Tensor], Any],
@@ -242,15 +268,7 @@ def write_cluster_volumes(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    rows = torch.from_numpy(z.astype(np.float32))
-    for i in range(z.shape[0]):
-        with torch.no_grad():
-            vol = volume_fn(rows[i].clone())
-        if isinstance(vol, torch.Tensor):
-            vol = vol.detach().float().cpu().numpy()
-        vol = np.asarray(vol, dtype=np.float32)
-        if vol.ndim != 3 or len(set(vol.shape)) != 1:
-            raise ValueError(f"volume_fn must return an (n, n, n) volume, got shape {vol.shape}")
+    for i, vol in enumerate(decode_volumes(z, volume_fn)):
         path = out / f"vol_{i:03d}.mrc"
         write_mrc(path, vol, voxel_size=float(voxel_size))
         paths.append(path)

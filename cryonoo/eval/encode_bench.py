@@ -44,7 +44,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 import cryonoo
+from cryonoo.eval.memory import AnonSampler, peak_rss_bytes, reset_peak_rss, status_bytes
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.cryodrgn import save_ctf_pkl, save_z_pkl
 from cryonoo.io.dataset import ParticleDataset, estimate_norm_std, make_loader, open_dataset
@@ -146,57 +146,6 @@ class BuiltStack:
     norm_std: float
     disk_bytes: int
     build_s: float
-
-
-# ------------------------------------------------------------------ memory readers
-
-
-def _status(key: str) -> int:
-    """A ``/proc/self/status`` field in bytes (0 where unavailable)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set (bytes): ``VmHWM``, else ``ru_maxrss``."""
-    import resource
-
-    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Restart ``VmHWM`` from the current resident set (Linux); whether it took effect."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        return False
-    return True
-
-
-class AnonSampler:
-    """Peak anonymous resident memory (``RssAnon``, bytes), polled every ``interval_s``."""
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self.peak, self._stop, self._interval = _status("RssAnon"), threading.Event(), interval_s
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, _status("RssAnon"))
-
-    def stop(self) -> int:
-        """Stop polling; the peak in bytes."""
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, _status("RssAnon"))
 
 
 # ------------------------------------------------------------------ building the stack
@@ -420,7 +369,7 @@ def measured_encode(
     MB, run, dataset)."""
     prec = resolve_precision(config.precision, device)
     reset = reset_peak_rss()
-    rss0, anon0 = _status("VmRSS"), _status("RssAnon")
+    rss0, anon0 = status_bytes("VmRSS"), status_bytes("RssAnon")
     sampler = AnonSampler()
     try:
         timing, run, dataset = encode_from_disk(
