@@ -495,6 +495,9 @@ class Dream(_NoiseFactorViews):
         ``"prior"``: ``N(0, I)``, the VAE's prior. ``"batch"``: ``N(m, diag s²)`` with ``m, s``
         the per-dimension mean and std of the batch's (detached) posterior means, a Gaussian
         fit of the aggregate posterior that follows where the data's latents actually lie.
+        ``"posterior"``: the batch's own (detached) posterior means, each rendered at a new
+        random pose: fresh images of the conformations the VAE found in the data, so the
+        encoder learns to recover those latents from any view and any noise draw.
 
     Returns ``(views (J, B, D, D), batch.ctf, targets (B, zdim))``; the views are centred
     renderings, independent of ``batch.trans``. :meth:`make_views` adds the random poses they
@@ -512,14 +515,16 @@ class Dream(_NoiseFactorViews):
         noise_factors: Sequence[float] = (1.0,),
         latents: str = "prior",
     ) -> None:
-        if latents not in ("prior", "batch"):
-            raise ValueError(f"latents must be 'prior' or 'batch', got {latents!r}")
+        if latents not in ("prior", "batch", "posterior"):
+            raise ValueError(f"latents must be 'prior', 'batch' or 'posterior', got {latents!r}")
         self.sigma = _check_sigma(sigma)
         self.noise_factors = _check_factors(noise_factors)
         self.latents = latents
 
     def draw(self, z: Tensor, generator: torch.Generator | None) -> Tensor:
         """``(B, zdim)`` latents to render, given the batch's ``(B, zdim)`` posterior means."""
+        if self.latents == "posterior":
+            return z.detach().float()
         eps = _randn(z.shape, generator, z)
         if self.latents == "prior":
             return eps

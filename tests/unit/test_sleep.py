@@ -51,7 +51,13 @@ def test_dream_batch_latents_follow_the_batch_moments():
     torch.testing.assert_close(drawn.mean(0), z.mean(0), atol=0.05, rtol=0)
     torch.testing.assert_close(drawn.std(0), z.std(0), atol=0.05, rtol=0)
     with pytest.raises(ValueError, match="latents"):
-        Dream(sigma=0.1, latents="posterior")
+        Dream(sigma=0.1, latents="aggregate")
+
+
+def test_dream_posterior_latents_are_the_batch_means_detached():
+    z = torch.randn(5, ZDIM, requires_grad=True)
+    drawn = Dream(sigma=0.1, latents="posterior").draw(z, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, z.detach()) and not drawn.requires_grad
 
 
 def test_regression_is_the_mse():
