@@ -38,6 +38,7 @@ __all__ = [
     "subset_indices",
     "write_cs_subset",
     "write_index_pkl",
+    "write_selection",
     "write_star_subset",
 ]
 
@@ -257,3 +258,36 @@ def write_cs_subset(
     sub = cs[subset_indices(indices, len(cs), where)]
     with atomic_write(path) as f:
         np.save(f, sub, allow_pickle=False)
+
+
+def write_selection(
+    stem: PathLike,
+    indices: Any,
+    n: int,
+    *,
+    star: StarFile | None = None,
+    records: np.ndarray | None = None,
+) -> list[Path]:
+    """Write ``STEM.ind.pkl`` [``STEM.star``] [``STEM.cs``] for 0-based ``indices`` ``(k,)``.
+
+    ``star`` (a :func:`~cryonoo.io.star.read_star_raw` result) and ``records`` (a ``.cs``
+    structured array) must have one row per latent (``n``); every input is checked before the
+    first file is written, and each file is written atomically. Returns the paths written.
+    """
+    n = _check_n(n)
+    sel = subset_indices(indices, n, "selection")
+    if star is not None:
+        check_row_count(len(star.particles), n, star.path)
+    if records is not None:
+        check_row_count(len(records), n, "cryoSPARC records")
+    base = Path(os.fspath(stem))
+    paths = [Path(f"{base}.ind.pkl")]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    write_index_pkl(paths[0], sel)
+    if star is not None:
+        paths.append(Path(f"{base}.star"))
+        write_star_subset(star, sel, paths[-1], n=n)
+    if records is not None:
+        paths.append(Path(f"{base}.cs"))
+        write_cs_subset(records, sel, paths[-1], n=n)
+    return paths

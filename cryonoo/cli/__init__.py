@@ -2,8 +2,9 @@
 
 Each command's docstring is its ``--help`` text. Heavy modules are imported inside the commands so
 that ``cryonoo --help`` stays fast. Commands live in submodules by topic: :mod:`.data`
-(simulate, parse, downsample, estimate-noise), :mod:`.training` (train, ablate, encode, volumes)
-and :mod:`.evaluation` (evaluate, demo, bench); importing this package registers them all.
+(simulate, parse, downsample, estimate-noise), :mod:`.training` (train, ablate, encode, volumes),
+:mod:`.evaluation` (evaluate, demo, bench), :mod:`.analysis` (analyze), :mod:`.selection`
+(select) and :mod:`.view` (view); importing this package registers them all.
 """
 
 from __future__ import annotations
@@ -86,6 +87,6 @@ def list_components() -> None:
 
 
 # register the commands (the submodules import ``app`` from here)
-from cryonoo.cli import data, training, evaluation, analysis, selection  # noqa: E402, I001  (help order)
+from cryonoo.cli import data, training, evaluation, analysis, selection, view  # noqa: E402, I001  (help order)
 
-__all__ = ["analysis", "app", "data", "evaluation", "selection", "training"]
+__all__ = ["analysis", "app", "data", "evaluation", "selection", "training", "view"]

@@ -184,18 +184,10 @@ def select(
 
 def _write(stem: Path, sel: Any, meta: Any, records: Any, n: int) -> list[Path]:
     """Write STEM.ind.pkl [STEM.star] [STEM.cs]; returns the paths."""
-    from cryonoo.analysis.selection import write_cs_subset, write_index_pkl, write_star_subset
+    from cryonoo.analysis.selection import write_selection
 
-    paths = [Path(f"{stem}.ind.pkl")]
     try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        write_index_pkl(paths[0], sel)
-        if meta is not None:
-            paths.append(Path(f"{stem}.star"))
-            write_star_subset(meta, sel, paths[-1], n=n)
-        if records is not None:
-            paths.append(Path(f"{stem}.cs"))
-            write_cs_subset(records, sel, paths[-1], n=n)
+        return write_selection(stem, sel, n, star=meta, records=records)
     except (ValueError, OSError) as exc:
         _fail(f"cannot write the selection {stem}: {exc}")
-    return paths
+    return []  # not reached: _fail exits
