@@ -498,6 +498,10 @@ class Dream(_NoiseFactorViews):
         ``"posterior"``: the batch's own (detached) posterior means, each rendered at a new
         random pose: fresh images of the conformations the VAE found in the data, so the
         encoder learns to recover those latents from any view and any noise draw.
+    poses:
+        ``"shared"``: the J views of a latent are one rendering at one random pose with J noise
+        draws. ``"per-view"``: each view renders the latent at its own random pose (J
+        renderings), so the encoder sees the same conformation from J directions per step.
 
     Returns ``(views (J, B, D, D), batch.ctf, targets (B, zdim))``; the views are centred
     renderings, independent of ``batch.trans``. :meth:`make_views` adds the random poses they
@@ -514,7 +518,11 @@ class Dream(_NoiseFactorViews):
         sigma: float,
         noise_factors: Sequence[float] = (1.0,),
         latents: str = "prior",
+        poses: str = "shared",
     ) -> None:
+        if poses not in ("shared", "per-view"):
+            raise ValueError(f"poses must be 'shared' or 'per-view', got {poses!r}")
+        self.poses = poses
         if latents not in ("prior", "batch", "posterior"):
             raise ValueError(f"latents must be 'prior', 'batch' or 'posterior', got {latents!r}")
         self.sigma = _check_sigma(sigma)
@@ -541,6 +549,8 @@ class Dream(_NoiseFactorViews):
         """``Views(views (J, B, D, D), batch.ctf, rot (J, B, 3, 3), targets (B, zdim))``:
         ``rot`` the random pose each latent was rendered at, shared by its J views."""
         targets = self.draw(step.z, generator)
+        if self.poses == "per-view":
+            return self._views_per_pose(batch, model, targets, generator)
         rot = random_rotations(
             len(batch), generator, dtype=batch.rot.dtype, device=batch.rot.device
         )
@@ -549,8 +559,32 @@ class Dream(_NoiseFactorViews):
         views = noisy_views(render.float(), self.sigma, self.noise_factors, generator)
         return Views(views, batch.ctf, rot=_per_view(rot, self.num_views), targets=targets)
 
+    def _views_per_pose(
+        self,
+        batch: Batch,
+        model: ReconstructionModel,
+        targets: Tensor,
+        generator: torch.Generator | None,
+    ) -> Views:
+        """J renderings of ``targets`` ``(B, zdim)``, each view at its own random pose."""
+        n_views, n_img = self.num_views, len(batch)
+        rot = random_rotations(
+            n_views * n_img, generator, dtype=batch.rot.dtype, device=batch.rot.device
+        )
+        with torch.no_grad():  # one decoder call for all J·B renderings
+            ctf = None if batch.ctf is None else batch.ctf.repeat(n_views, 1)
+            render = model.render(targets.repeat(n_views, 1), rot, ctf)
+        render = render.detach().float().reshape(n_views, n_img, *render.shape[1:])
+        views = torch.stack(
+            [
+                noisy_views(render[j], self.sigma, (f,), generator)[0]
+                for j, f in enumerate(self.noise_factors)  # J is small (1–4)
+            ]
+        )
+        return Views(views, batch.ctf, rot=rot.reshape(n_views, n_img, 3, 3), targets=targets)
+
     def __repr__(self) -> str:
         return (
             f"Dream(sigma={self.sigma:g}, noise_factors={self.noise_factors}, "
-            f"latents={self.latents!r})"
+            f"latents={self.latents!r}, poses={self.poses!r})"
         )

@@ -251,6 +251,38 @@ RECIPES: dict[str, TrainConfig] = {
     "sleep-2v-pose": _sleep(
         "sleep-2v-pose", noise_factors=(1.0, 1.0), ssl_weight=0.5, encoder="pose-mlp"
     ),
+    # the KL weight (cryoDRGN's 1/zdim = 0.125 by default) and dreams of the batch's own
+    # posterior means (Round F)
+    "cryodrgn-beta0.5": replace(_CRYODRGN, name="cryodrgn-beta0.5", beta=0.5),
+    "cryodrgn-beta1.7": replace(_CRYODRGN, name="cryodrgn-beta1.7", beta=1.67),
+    "sleep-2v-beta0.5": _sleep(
+        "sleep-2v-beta0.5", noise_factors=(1.0, 1.0), ssl_weight=0.5, beta=0.5
+    ),
+    "sleep-2v-post": _sleep(
+        "sleep-2v-post",
+        noise_factors=(1.0, 1.0),
+        ssl_weight=0.5,
+        augment_options={"latents": "posterior"},
+    ),
+    # every view of a dream at its own random pose; more views per dream (Round F)
+    "sleep-2v-pv": _sleep(
+        "sleep-2v-pv",
+        noise_factors=(1.0, 1.0),
+        ssl_weight=0.5,
+        augment_options={"poses": "per-view"},
+    ),
+    "sleep-4v-pv": _sleep(
+        "sleep-4v-pv",
+        noise_factors=(1.0, 1.0, 1.0, 1.0),
+        ssl_weight=0.25,
+        augment_options={"poses": "per-view"},
+    ),
+    "sleep-8v-pv": _sleep(
+        "sleep-8v-pv",
+        noise_factors=(1.0,) * 8,
+        ssl_weight=0.125,
+        augment_options={"poses": "per-view"},
+    ),
 }
 
 

@@ -45,6 +45,28 @@ def test_dream_views_are_noisy_renderings_of_their_targets():
     torch.testing.assert_close(views, expected)
 
 
+def test_dream_per_view_poses_render_each_view_at_its_own_pose():
+    model, batch = _vae(), _batch()
+    step = model.training_step(batch)
+    dream = Dream(sigma=0.3, noise_factors=(0.5, 1.0), poses="per-view")
+    out = dream.make_views(batch, model, step, torch.Generator().manual_seed(5))
+    assert out.views.shape == (2, 8, D, D) and out.rot.shape == (2, 8, 3, 3)
+    assert not torch.allclose(out.rot[0], out.rot[1])
+    # the same draws by hand: latents, then the J·B poses, then each view's noise
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(8, ZDIM, generator=g)
+    rot = random_rotations(16, g, dtype=batch.rot.dtype).reshape(2, 8, 3, 3)
+    with torch.no_grad():
+        expected = [
+            noisy_views(model.render(z, rot[j], batch.ctf), 0.3, (f,), g)[0]
+            for j, f in enumerate((0.5, 1.0))
+        ]
+    assert torch.equal(out.targets, z) and torch.equal(out.rot, rot)
+    torch.testing.assert_close(out.views, torch.stack(expected))
+    with pytest.raises(ValueError, match="poses"):
+        Dream(sigma=0.1, poses="fixed")
+
+
 def test_dream_batch_latents_follow_the_batch_moments():
     z = torch.randn(20_000, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([1.0, -2.0])
     drawn = Dream(sigma=0.1, latents="batch").draw(z, torch.Generator().manual_seed(0))
