@@ -47,6 +47,10 @@ class Batch:
         phase_deg]`` (cryoDRGN ``ctf.pkl`` columns 1–8), or ``None`` for CTF-free data.
     index:
         ``(B,)`` int64 indices of the particles in their dataset.
+    encoder_images:
+        ``(B, D, D)`` what a model's encoder sees in ``training_step`` instead of ``images``
+        (e.g. a re-noised copy, see ``SelfDistillation(anchor_noise=…)``), or ``None``: the
+        encoder sees ``images``. The reconstruction target is always ``images``.
     """
 
     images: Tensor
@@ -54,12 +58,19 @@ class Batch:
     trans: Tensor | None = None
     ctf: Tensor | None = None
     index: Tensor | None = None
+    encoder_images: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 3 or self.images.shape[-1] != self.images.shape[-2]:
             raise ValueError(f"Batch.images must be (B, D, D), got {tuple(self.images.shape)}")
         n = self.images.shape[0]
-        expected = {"rot": (n, 3, 3), "trans": (n, 2), "ctf": (n, 8), "index": (n,)}
+        expected = {
+            "rot": (n, 3, 3),
+            "trans": (n, 2),
+            "ctf": (n, 8),
+            "index": (n,),
+            "encoder_images": tuple(self.images.shape),
+        }
         for name, shape in expected.items():
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:

@@ -176,12 +176,17 @@ class HetVAE(LatticeModel):
     def training_step(self, batch: Batch) -> StepOutput:
         """cryoDRGN's ``run_batch`` + ``loss_function`` on ``batch``.
 
-        Returns ``StepOutput(loss, z=mu, terms={"recon", "kld", "loss"}, render=(B, D, D))``.
+        The encoder sees ``batch.encoder_images`` when given (the reconstruction target is
+        always ``batch.images``). Returns ``StepOutput(loss, z=mu, terms={"recon", "kld",
+        "loss"}, render=(B, D, D))``.
         """
         b = self._check_images(batch.images)
         self._check(batch.rot, "batch.rot", (b, 3, 3), "rotation matrices")
         y, c = self._prepare(batch.images, batch.ctf, batch.trans)
-        mu, logvar = self._encode_prepared(y, c, batch.rot)
+        y_enc = y
+        if batch.encoder_images is not None:  # e.g. a re-noised copy; the target stays y
+            y_enc, _ = self._prepare(batch.encoder_images, None, batch.trans)
+        mu, logvar = self._encode_prepared(y_enc, c, batch.rot)
         if float(self.latent_grad) != 1.0:
             mu, logvar = _scale_grad(mu, self.latent_grad), _scale_grad(logvar, self.latent_grad)
         z = self.reparameterize(mu, logvar)

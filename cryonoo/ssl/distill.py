@@ -48,12 +48,13 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cryonoo.ssl.augment import AUGMENTERS
+from cryonoo.ssl.augment import AUGMENTERS, noisy_views
 from cryonoo.ssl.objectives import SSL
 from cryonoo.types import Augmenter, Batch, ReconstructionModel, SSLObjective, StepOutput, Views
 
@@ -135,6 +136,11 @@ class SelfDistillation(nn.Module):
         gradient (the forward pass is unchanged; the decoder keeps the full gradient). 1: as
         during warm-up; 0: ``encoder_from_ssl_only``. In between the encoder still fits the
         training images, with less pull than the SSL term.
+    anchor_noise:
+        After warm-up, the model's own step encodes each training image with fresh real-space
+        noise of std ``anchor_noise · σ`` added (``Batch.encoder_images``; σ is the augmenter's
+        ``sigma``, the data's noise level), while it still reconstructs the image itself: the
+        encoder cannot key a latent to one noise draw it sees every epoch. 0 (default): off.
     teacher_momentum:
         Encode the anchor with an exponential-moving-average copy of the model (the teacher,
         as in BYOL/DINO) instead of the model itself: after each step the teacher's parameters
@@ -166,6 +172,7 @@ class SelfDistillation(nn.Module):
         detach_target: bool = False,
         encoder_from_ssl_only: bool = False,
         encoder_model_grad: float = 1.0,
+        anchor_noise: float = 0.0,
         teacher_momentum: float | None = None,
         decoder_prefix: str = "decoder",
         objective_kwargs: dict[str, Any] | None = None,
@@ -216,6 +223,14 @@ class SelfDistillation(nn.Module):
             raise ValueError(f"encoder_model_grad must be in [0, 1], got {encoder_model_grad}")
         #: after warm-up, the weight of the model's own loss in the encoder's gradient
         self.encoder_model_grad = 0.0 if encoder_from_ssl_only else float(encoder_model_grad)
+        if anchor_noise < 0:
+            raise ValueError(f"anchor_noise must be ≥ 0, got {anchor_noise}")
+        if anchor_noise and getattr(augmenter, "sigma", None) is None:
+            raise ValueError(
+                "anchor_noise needs the data's noise σ: use an augmenter that takes sigma "
+                f"(dream, reproject-noise, noise); {augmenter!r} has none"
+            )
+        self.anchor_noise = float(anchor_noise)
         self.teacher: nn.Module | None = None
         if teacher_momentum is not None:
             if not 0 <= teacher_momentum < 1:
@@ -316,9 +331,9 @@ class SelfDistillation(nn.Module):
 
     def training_step(self, batch: Batch, generator: torch.Generator | None = None) -> StepOutput:
         """The model's step, plus ``weight · Σ_j objective(z0, z_j)`` after warm-up."""
-        step = self.model.training_step(batch)
         if not self.active:
-            return step
+            return self.model.training_step(batch)
+        step = self.model.training_step(self._anchor_batch(batch, generator))
         n_img = len(batch)
         if n_img < 2:
             if not self._warned_small:
@@ -375,6 +390,14 @@ class SelfDistillation(nn.Module):
         terms.setdefault("ssl/skipped", torch.zeros((), device=total.device))
         loss = step.loss + self.weight * total
         return StepOutput(loss=loss, z=step.z, terms=terms, render=step.render)
+
+    def _anchor_batch(self, batch: Batch, generator: torch.Generator | None) -> Batch:
+        """``batch``, with re-noised ``encoder_images`` when ``anchor_noise`` is on."""
+        if not self.anchor_noise:
+            return batch
+        sigma = float(self.augmenter.sigma)  # type: ignore[attr-defined]
+        noisy = noisy_views(batch.images.detach().float(), sigma, (self.anchor_noise,), generator)
+        return replace(batch, encoder_images=noisy[0].to(batch.images.dtype))
 
     @torch.no_grad()
     def _teacher_latents(self, batch: Batch) -> Tensor:

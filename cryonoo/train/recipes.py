@@ -80,6 +80,7 @@ class TrainConfig:
     encoder_from_ssl_only: bool = False  # after warm-up the encoder learns from SSL alone
     encoder_model_grad: float = 1.0  # after warm-up, the model loss's weight in the encoder
     teacher_momentum: float | None = None  # EMA teacher for the anchor latent (None: none)
+    anchor_noise: float = 0.0  # after warm-up, the VAE's encoder sees its image + this × σ noise
     ssl_options: dict[str, Any] = field(default_factory=dict)  # objective kwargs (e.g. inv=25)
     augment_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"pose": "random"}
     # data
@@ -276,6 +277,13 @@ RECIPES: dict[str, TrainConfig] = {
         noise_factors=(1.0, 1.0, 1.0, 1.0),
         ssl_weight=0.25,
         augment_options={"poses": "per-view"},
+    ),
+    "sleep-4v-pv-an": _sleep(
+        "sleep-4v-pv-an",
+        noise_factors=(1.0, 1.0, 1.0, 1.0),
+        ssl_weight=0.25,
+        augment_options={"poses": "per-view"},
+        anchor_noise=0.7,
     ),
     "sleep-8v-pv": _sleep(
         "sleep-8v-pv",

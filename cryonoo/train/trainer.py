@@ -198,6 +198,7 @@ def build_model(
         detach_target=config.detach_target,
         encoder_from_ssl_only=config.encoder_from_ssl_only,
         encoder_model_grad=config.encoder_model_grad,
+        anchor_noise=config.anchor_noise,
         teacher_momentum=config.teacher_momentum,
         objective_kwargs={"head": config.head, **config.ssl_options},
         augmenter_kwargs=aug_kwargs,

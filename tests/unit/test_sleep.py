@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -251,3 +253,31 @@ def test_encoder_model_grad_scales_only_the_encoders_gradient_after_warmup():
             objective_kwargs={"head": "none"},
             augmenter_kwargs={"sigma": 0.2},
         )
+
+
+def test_vae_encodes_encoder_images_and_reconstructs_images():
+    model, batch = _vae(), _batch()
+    model.eval()  # posterior means: no reparameterization noise
+    other = torch.randn(batch.images.shape, generator=torch.Generator().manual_seed(9))
+    mixed = model.training_step(replace(batch, encoder_images=other))
+    plain = model.training_step(replace(batch, images=other))
+    torch.testing.assert_close(mixed.z, plain.z)
+    torch.testing.assert_close(mixed.render, plain.render)  # the same latents decoded
+    assert not torch.allclose(mixed.terms["recon"], plain.terms["recon"])  # other targets
+
+
+def test_anchor_noise_encodes_a_renoised_copy_after_warmup():
+    model, batch = _vae(), _batch()
+    model.eval()
+    wrapped = SelfDistillation(
+        model, "regress", "dream", warmup_epochs=1, head="none", sigma=0.3, anchor_noise=0.5
+    )
+    wrapped.set_epoch(0)  # warm-up: the model's own step, clean images
+    torch.testing.assert_close(wrapped.training_step(batch).z, model.training_step(batch).z)
+    wrapped.set_epoch(1)
+    out = wrapped.training_step(batch, torch.Generator().manual_seed(4))
+    noisy = noisy_views(batch.images, 0.3, (0.5,), torch.Generator().manual_seed(4))[0]
+    expected = model.training_step(replace(batch, encoder_images=noisy))
+    torch.testing.assert_close(out.z, expected.z)
+    with pytest.raises(ValueError, match="anchor_noise"):
+        SelfDistillation(model, augmenter="crop-flip-rotate", anchor_noise=0.5)
