@@ -45,7 +45,8 @@ from dataclasses import replace
 from cryonoo.io.dataset import make_loader, open_dataset
 from cryonoo.train.precision import resolve_precision
 from cryonoo.train.recipes import TrainConfig
-from cryonoo.train.trainer import build_model, estimate_data_sigma
+from cryonoo.train.build import build_model
+from cryonoo.train.plan import estimate_data_sigma
 torch.set_num_threads(int(sys.argv[4]))
 config = TrainConfig.from_dict(json.loads(sys.argv[2]))
 dev = torch.device(sys.argv[3])

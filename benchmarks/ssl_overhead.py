@@ -24,9 +24,11 @@ import torch
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.io.dataset import make_loader, open_dataset
+from cryonoo.train.build import build_model
+from cryonoo.train.plan import estimate_data_sigma
 from cryonoo.train.precision import resolve_precision
 from cryonoo.train.recipes import get_recipe
-from cryonoo.train.trainer import build_model, estimate_data_sigma, train
+from cryonoo.train.trainer import train
 
 
 def epoch_times(run: Path) -> list[float]:

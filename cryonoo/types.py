@@ -10,7 +10,7 @@ VAE that is the normalized, symmetrized, centered Hartley transform on the ``D Ã
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -98,10 +98,6 @@ class Batch:
             for v in [getattr(self, f.name)]
         }
         return Batch(**pinned)
-
-    def with_images(self, images: Tensor, ctf: Tensor | None = None) -> Batch:
-        """A batch with other images (and optionally other CTF), same poses and indices."""
-        return replace(self, images=images, ctf=self.ctf if ctf is None else ctf)
 
 
 @dataclass

@@ -138,8 +138,8 @@ def analyze(
     """
     import time
 
+    from cryonoo.train.encode import resolve_device
     from cryonoo.train.run import load_run
-    from cryonoo.train.trainer import resolve_device
 
     if apix is not None and not apix > 0:
         _fail(f"--apix must be > 0 Å, got {apix}")

@@ -185,8 +185,8 @@ def demo(
 
 def _demo_precision(device: str) -> str:
     """bf16 where it is fast (CUDA, CPUs with native bfloat16), else fp32."""
+    from cryonoo.train.encode import resolve_device
     from cryonoo.train.precision import cpu_has_native_bf16
-    from cryonoo.train.trainer import resolve_device
 
     try:
         dev = resolve_device(device)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
 from rich.table import Table
 
 from cryonoo.cli import PRECISION_OPTION, _fail, _progress, app, console
+
+if TYPE_CHECKING:
+    from cryonoo.train.cryodrgn_init import CryoDRGNStart
 
 
 def _recipe_names() -> list[str]:
@@ -44,28 +47,22 @@ def _run_training(
     force: bool,
     datadir: Path | None,
     drop_bad: bool = False,
-    init_from: Path | None = None,
+    cryodrgn: CryoDRGNStart | None = None,
 ) -> None:
-    """Shared body of ``train`` and ``ablate`` (``init_from``: a cryoDRGN run to start from)."""
+    """Shared body of ``train`` and ``ablate`` (``cryodrgn``: the cryoDRGN run to start from)."""
     import numpy as np
 
     from cryonoo.io.dataset import open_dataset
-    from cryonoo.train.checkpoint import checkpoint_epochs, read_run_config
+    from cryonoo.train.checkpoint import checkpoint_epochs
     from cryonoo.train.distributed import shutdown_distributed
+    from cryonoo.train.plan import resumed_norm_std
     from cryonoo.train.trainer import NonFiniteLossError, train
 
     ind = _resolve_particles(particles, ind)
-    norm_std, done_epochs = None, 0
-    if resume and checkpoint_epochs(outdir):
-        norm_std = read_run_config(outdir)["data"]["norm_std"]
-        done_epochs = checkpoint_epochs(outdir)[-1]
-    elif init_from is not None:  # the cryoDRGN run's normalization, which its weights expect
-        from cryonoo.io.cryodrgn_model import cryodrgn_norm_std, read_cryodrgn_config
-
-        try:
-            norm_std = cryodrgn_norm_std(read_cryodrgn_config(init_from), init_from)
-        except (ValueError, FileNotFoundError) as exc:
-            _fail(str(exc))
+    norm_std = resumed_norm_std(outdir) if resume else None
+    done_epochs = checkpoint_epochs(outdir)[-1] if resume and checkpoint_epochs(outdir) else 0
+    if norm_std is None and cryodrgn is not None:
+        norm_std = cryodrgn.norm_std  # the normalization the cryoDRGN weights expect
     try:
         dataset = open_dataset(
             particles,
@@ -94,7 +91,7 @@ def _run_training(
         "resume": resume,
         "force": force,
         "data_info": info,
-        "init_from": init_from,
+        "init_from": None if cryodrgn is None else cryodrgn.run_dir,
     }
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 reports
         try:
@@ -170,45 +167,6 @@ _PARTICLES = typer.Argument(help="Stack (.mrcs/.txt/.star/.cs) or a dataset dire
 _OUT = typer.Option("-o", "--outdir", help="Run directory for checkpoints, latents, stats.")
 
 
-def _start_from_cryodrgn(config, run_dir: Path, given: dict):
-    """``config`` with a cryoDRGN run's architecture and preprocessing (``given``: the flags
-    passed, which must agree) and, unless ``--warmup`` was given, SSL from epoch 0."""
-    from dataclasses import replace
-
-    from cryonoo.io.cryodrgn_model import (
-        CONFIG_KEYS,
-        cryodrgn_checkpoints,
-        model_kwargs_from_config,
-        read_cryodrgn_config,
-        train_fields_from_kwargs,
-    )
-
-    cfg = read_cryodrgn_config(run_dir)
-    if not (run_dir / "weights.pkl").is_file() and not cryodrgn_checkpoints(run_dir):
-        raise FileNotFoundError(f"{run_dir}: no weights.pkl or weights.N.pkl (cryoDRGN runs)")
-    arch = train_fields_from_kwargs(model_kwargs_from_config(cfg, run_dir / "config.yaml"))
-    differ = [
-        f"--{k.replace('_', '-')} {given[k]} (checkpoint: {arch[k]}, {CONFIG_KEYS[k]})"
-        for k in arch
-        if given.get(k) is not None and given[k] != arch[k]
-    ]
-    if differ:
-        raise ValueError(
-            f"--init-from-cryodrgn {run_dir}: architecture flags differ from the checkpoint: "
-            f"{'; '.join(differ)}; drop them or give the checkpoint's values"
-        )
-    data = cfg.get("dataset_args") or {}
-    changes = {
-        **arch,
-        "invert": bool(data.get("invert_data", True)),
-        "window": bool(data.get("window", True)),
-        "window_r": float(data.get("window_r", 0.85)),
-    }
-    if given.get("warmup_epochs") is None:
-        changes["warmup_epochs"] = 0  # the cryoDRGN run was the warm-up
-    return replace(config, **changes)
-
-
 @app.command("train")
 def train_command(
     particles: Annotated[Path, _PARTICLES],
@@ -279,6 +237,7 @@ def train_command(
     """
     from dataclasses import replace
 
+    from cryonoo.train.cryodrgn_init import start_from_cryodrgn
     from cryonoo.train.recipes import get_recipe
 
     overrides = {
@@ -306,8 +265,10 @@ def train_command(
             config = replace(config, skip_nonfinite=True)
         if num_workers:
             config = replace(config, num_workers=num_workers)
+        cryodrgn = None
         if init_from_cryodrgn is not None:
-            config = _start_from_cryodrgn(config, init_from_cryodrgn, overrides)
+            cryodrgn = start_from_cryodrgn(config, init_from_cryodrgn, overrides)
+            config = cryodrgn.config
     except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _run_training(
@@ -322,7 +283,7 @@ def train_command(
         force,
         datadir,
         drop_bad,
-        init_from=init_from_cryodrgn,
+        cryodrgn=cryodrgn,
     )
 
 
@@ -499,9 +460,9 @@ def encode(
 
     from cryonoo.io.cryodrgn import save_z_pkl
     from cryonoo.io.dataset import open_dataset
+    from cryonoo.train.encode import resolve_device
     from cryonoo.train.inference import POSED_METHODS, check_method, infer_latents
     from cryonoo.train.run import load_run
-    from cryonoo.train.trainer import resolve_device
 
     try:
         method, steps = _encode_budget(method, refine, steps, lr)
@@ -568,8 +529,8 @@ def volumes(
 
     from cryonoo.io.cryodrgn import load_indices, load_z_pkl
     from cryonoo.io.mrc import write_mrc
+    from cryonoo.train.encode import resolve_device
     from cryonoo.train.run import load_run
-    from cryonoo.train.trainer import resolve_device
 
     if (z is None) == (zfile is None):
         _fail("give exactly one of --z or --zfile")

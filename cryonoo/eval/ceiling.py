@@ -42,7 +42,7 @@ from cryonoo.eval.labels import MAX_DISCRETE_LABELS
 from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.models.vae import HetVAE
-from cryonoo.train.trainer import resolve_device
+from cryonoo.train.encode import resolve_device
 
 __all__ = ["CeilingConfig", "label_ceiling"]
 

@@ -63,11 +63,11 @@ from cryonoo.io.stack import MRCSource
 from cryonoo.io.star import write_star
 from cryonoo.models.vae import HetVAE
 from cryonoo.train.checkpoint import save_checkpoint, write_run_config
+from cryonoo.train.encode import resolve_device
 from cryonoo.train.inference import infer_latents
 from cryonoo.train.precision import Precision, resolve_precision
 from cryonoo.train.recipes import TrainConfig
 from cryonoo.train.run import TrainedRun, load_run
-from cryonoo.train.trainer import resolve_device
 
 __all__ = [
     "RESULT_NAME",

@@ -39,8 +39,9 @@ from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.models.autodecoder import AutoDecoder
+from cryonoo.train.encode import encode_dataset, resolve_device
 from cryonoo.train.run import TrainedRun, load_run
-from cryonoo.train.trainer import encode_dataset, resolve_device, train
+from cryonoo.train.trainer import train
 
 __all__ = [
     "InferenceBenchConfig",

@@ -49,9 +49,9 @@ from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.refine import REFINE_LR, check_lr, frozen
 from cryonoo.models.vae import HetVAE
+from cryonoo.train.encode import encode_dataset, resolve_device
 from cryonoo.train.inference import infer_latents
 from cryonoo.train.run import TrainedRun, load_run
-from cryonoo.train.trainer import encode_dataset, resolve_device
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -103,7 +103,7 @@ def refine_budgets(
     """``{K: ((N, zdim) float32 latents after K Adam steps, seconds to reach step K)}``.
 
     One pass over ``dataset`` (dataset order) per batch: the encoder's posterior means (budget
-    ``K = 0``, exactly :func:`~cryonoo.train.trainer.encode_dataset`'s), then ``max(steps)``
+    ``K = 0``, exactly :func:`~cryonoo.train.encode.encode_dataset`'s), then ``max(steps)``
     refinement steps at learning rate ``lr`` (latent units per step) with the latents of every
     budget recorded on the way, equal to separate ``model.refine(..., steps=K)`` runs. Seconds
     are wall time around the model calls only (module docstring), summed over batches.

@@ -39,8 +39,8 @@ from cryonoo.io.atomic import atomic_write
 from cryonoo.io.cryodrgn import save_z_pkl
 from cryonoo.io.dataset import open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
+from cryonoo.train.encode import encode_dataset, resolve_device
 from cryonoo.train.run import load_run
-from cryonoo.train.trainer import encode_dataset, resolve_device
 
 __all__ = ["evaluate_run"]
 

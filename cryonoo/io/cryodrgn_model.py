@@ -69,6 +69,7 @@ __all__ = [
     "convert_state_dict",
     "cryodrgn_checkpoints",
     "cryodrgn_norm_std",
+    "cryodrgn_weights_path",
     "load_cryodrgn_run",
     "model_kwargs_from_config",
     "read_cryodrgn_config",
@@ -132,10 +133,6 @@ class CryoDRGNRun:
     window: bool
     window_r: float
     config: dict[str, Any] = field(repr=False)
-
-    def train_fields(self) -> dict[str, Any]:
-        """The model's architecture as :class:`~cryonoo.train.recipes.TrainConfig` fields."""
-        return train_fields_from_kwargs(self.model.config())
 
 
 def read_cryodrgn_config(path: PathLike) -> dict[str, Any]:
@@ -320,7 +317,12 @@ def cryodrgn_checkpoints(run_dir: PathLike) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _weights_path(root: Path, epoch: int | None) -> Path:
+def cryodrgn_weights_path(run_dir: PathLike, epoch: int | None = None) -> Path:
+    """The checkpoint file of a cryoDRGN run: ``weights.{epoch}.pkl``; ``None``/``-1`` →
+    ``weights.pkl`` (the final model), else the newest ``weights.N.pkl``.
+
+    ``FileNotFoundError`` names the directory (and its checkpoints) when there is none."""
+    root = Path(os.fspath(run_dir))
     if epoch is None or epoch == -1:
         if (root / "weights.pkl").is_file():
             return root / "weights.pkl"
@@ -371,7 +373,7 @@ def load_cryodrgn_run(
     kwargs = model_kwargs_from_config(cfg, cfg_path)
     data = cfg.get("dataset_args") or {}
     std = cryodrgn_norm_std(cfg, cfg_path)
-    path = Path(os.fspath(weights)) if weights is not None else _weights_path(root, epoch)
+    path = Path(os.fspath(weights)) if weights is not None else cryodrgn_weights_path(root, epoch)
     state, saved_epoch = _read_weights(path)
     from cryonoo.models.vae import HetVAE  # the one io module that builds a model
 

@@ -24,11 +24,12 @@ from torch import Tensor, nn
 
 from cryonoo.models import refine
 from cryonoo.models.decoders import DECODERS
+from cryonoo.models.encoders import check_int
 from cryonoo.physics.ctf import ctf_from_params
 from cryonoo.physics.lattice import check_odd_lattice, circular_mask, lattice_coords
 from cryonoo.physics.shifts import shift_ht_points
 
-__all__ = ["LatticeModel", "build_component", "check_zdim"]
+__all__ = ["LatticeModel", "build_component"]
 
 
 def build_component(registry: Any, spec: Any, **kwargs: Any) -> Any:
@@ -43,13 +44,6 @@ def build_component(registry: Any, spec: Any, **kwargs: Any) -> Any:
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in params}
     return registry.build(spec, **kwargs)
-
-
-def check_zdim(zdim: Any) -> int:
-    """``zdim`` as a positive ``int``; anything else raises ``ValueError``."""
-    if isinstance(zdim, bool) or not isinstance(zdim, int) or zdim < 1:
-        raise ValueError(f"zdim must be a positive integer, got {zdim!r}")
-    return zdim
 
 
 class LatticeModel(nn.Module):
@@ -68,7 +62,7 @@ class LatticeModel(nn.Module):
     def __init__(self, D: int, zdim: int, extra_mask: Tensor | None = None) -> None:
         super().__init__()
         self.D = check_odd_lattice(D)
-        self.zdim = check_zdim(zdim)
+        self.zdim = check_int(zdim, "zdim", 1)
         loss_mask = circular_mask(D, D // 2)
         work = loss_mask if extra_mask is None else loss_mask | extra_mask
         coords = lattice_coords(D)

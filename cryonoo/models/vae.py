@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cryonoo.models.base import LatticeModel, build_component, check_zdim
-from cryonoo.models.encoders import ENCODERS
+from cryonoo.models.base import LatticeModel, build_component
+from cryonoo.models.encoders import ENCODERS, check_int
 from cryonoo.models.refine import REFINE_LR, REFINE_STEPS, OnStep, frozen
 from cryonoo.physics.lattice import check_odd_lattice, circular_mask
 from cryonoo.types import Batch, StepOutput
@@ -100,7 +100,7 @@ class HetVAE(LatticeModel):
         seed: int = 0,
     ) -> None:
         check_odd_lattice(D)
-        check_zdim(zdim)
+        check_int(zdim, "zdim", 1)
         r_enc = D // 2 if enc_mask_radius is None else enc_mask_radius
         if r_enc != -1 and not r_enc >= 0:
             raise ValueError(f"enc_mask_radius must be ≥ 0, -1 (no mask) or None, got {r_enc!r}")

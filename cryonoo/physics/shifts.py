@@ -42,7 +42,10 @@ def _check_shift(shift_px: Tensor) -> None:
         raise ValueError("shift_px must be real")
 
 
-def _real_dtype(x: Tensor) -> torch.dtype:
+def _phase_dtype(x: Tensor) -> torch.dtype:
+    """The real dtype the shift of ``x`` is computed in: that of a complex ``x``'s parts, else
+    ``x``'s float32/float64, else float32 (half precision and integers are promoted: phases of
+    2π·k·t need at least single precision)."""
     if x.is_complex():
         return x.real.dtype
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
@@ -74,7 +77,7 @@ def shift_images(images: Tensor, shift_px: Tensor) -> Tensor:
     _check_shift(shift_px)
     if images.is_complex():
         raise ValueError("images must be real; use shift_fourier for spectra")
-    dtype = _real_dtype(images)
+    dtype = _phase_dtype(images)
     images = images.to(dtype)
     shift_px = shift_px.to(device=images.device, dtype=dtype)
     ny, nx = images.shape[-2:]
@@ -104,7 +107,7 @@ def shift_fourier(f: Tensor, shift_px: Tensor) -> Tensor:
     _check_shift(shift_px)
     if not f.is_complex():
         raise ValueError(f"f must be a complex centered spectrum, got dtype {f.dtype}")
-    dtype = _real_dtype(f)
+    dtype = _phase_dtype(f)
     shift_px = shift_px.to(device=f.device, dtype=dtype)
     ny, nx = f.shape[-2:]
     kx = (torch.arange(nx, device=f.device, dtype=dtype) - nx // 2) / nx
@@ -136,7 +139,7 @@ def shift_ht(ht: Tensor, shift_px: Tensor) -> Tensor:
         raise ValueError(f"ht must be (..., D, D) on the odd lattice (D odd ≥ 3), got {ht.shape}")
     if ht.is_complex():
         raise ValueError("ht must be real (a Hartley transform)")
-    dtype = _real_dtype(ht)
+    dtype = _phase_dtype(ht)
     ht = ht.to(dtype)
     shift_px = shift_px.to(device=ht.device, dtype=dtype)
     k = torch.linspace(-0.5, 0.5, d, dtype=torch.float64, device=ht.device).to(dtype)
@@ -178,7 +181,7 @@ def shift_ht_points(
         )
     if validate and not torch.allclose(freqs_cpx, -freqs_cpx.flip(0), atol=1e-6):
         raise ValueError("freqs_cpx must be point symmetric in raster order (k[N-1-i] = -k[i])")
-    dtype = _real_dtype(values)
+    dtype = _phase_dtype(values)
     values = values.to(dtype)
     freqs = freqs_cpx.to(device=values.device, dtype=dtype)
     shift_px = shift_px.to(device=values.device, dtype=dtype)

@@ -81,7 +81,9 @@ def _check_mask(mask: Tensor | None, D: int) -> None:
         raise ValueError(f"mask must be a boolean ({D * D},) tensor, got {tuple(mask.shape)}")
 
 
-def _real_dtype(x: Tensor) -> torch.dtype:
+def _same_precision_real_dtype(x: Tensor) -> torch.dtype:
+    """``x``'s dtype, or that of its real part when complex: slices keep their input's
+    precision (a float64 volume gives float64 coordinates and slices)."""
     return x.real.dtype if x.is_complex() else x.dtype
 
 
@@ -90,7 +92,7 @@ def _slice_points(
 ) -> Tensor:
     """``(B, N, 3)`` coordinates ``coords @ R`` in cycles/pixel (the first ``count`` points of
     the lattice or of the mask), with the real dtype and the device of ``like``."""
-    dtype, device = _real_dtype(like), like.device
+    dtype, device = _same_precision_real_dtype(like), like.device
     coords = lattice_coords(D, device=device, dtype=dtype)[:, :2]
     if mask is not None:
         coords = coords[mask.to(device)]
@@ -218,7 +220,7 @@ def insert_central_slices(
     expected = (rot.shape[0], D, D) if mask is None else (rot.shape[0], n_pts)
     if tuple(slices.shape) != expected:
         raise ValueError(f"slices must have shape {expected}, got {tuple(slices.shape)}")
-    real = _real_dtype(slices)
+    real = _same_precision_real_dtype(slices)
     values = torch.view_as_real(slices) if slices.is_complex() else slices[..., None]
     values = values.reshape(-1, values.shape[-1])  # (P, C)
     w = None if weights is None else torch.broadcast_to(weights, slices.shape).reshape(-1)

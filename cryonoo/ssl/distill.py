@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import logging
 from dataclasses import replace
 from typing import Any
 
@@ -55,12 +54,10 @@ import torch
 from torch import Tensor, nn
 
 from cryonoo.ssl.augment import AUGMENTERS, noisy_views
-from cryonoo.ssl.objectives import SSL
+from cryonoo.ssl.objectives import MIN_SSL_BATCH, SSL, warn_small_batch
 from cryonoo.types import Augmenter, Batch, ReconstructionModel, SSLObjective, StepOutput, Views
 
 __all__ = ["SelfDistillation"]
-
-logger = logging.getLogger(__name__)
 
 
 def _accepted(factory: Any) -> set[str] | None:
@@ -335,13 +332,9 @@ class SelfDistillation(nn.Module):
             return self.model.training_step(batch)
         step = self.model.training_step(self._anchor_batch(batch, generator))
         n_img = len(batch)
-        if n_img < 2:
+        if n_img < MIN_SSL_BATCH:  # skipped before the views are drawn: no generator draws
             if not self._warned_small:
-                logger.warning(
-                    "self-distillation skipped on a batch of %d image(s): the SSL objective "
-                    "needs at least 2 (use drop_last=True); further skips are not logged",
-                    n_img,
-                )
+                warn_small_batch("self-distillation", n_img)
                 self._warned_small = True
             zero = torch.zeros((), device=step.loss.device)
             terms = {**step.terms, "ssl/loss": zero, "ssl/skipped": torch.ones_like(zero)}

@@ -48,17 +48,35 @@ from cryonoo.ssl.losses import (
 )
 
 __all__ = [
+    "MIN_SSL_BATCH",
     "SSL",
     "BarlowTwinsObjective",
     "InvarianceObjective",
     "LatentRegression",
     "SimSiamObjective",
     "VICRegObjective",
+    "warn_small_batch",
 ]
 
 logger = logging.getLogger(__name__)
 
 SSL: Registry = Registry("ssl objective")
+
+#: the smallest batch an SSL objective scores: batch statistics (variance, covariance,
+#: BatchNorm) need at least two samples
+MIN_SSL_BATCH = 2
+
+
+def warn_small_batch(who: str, n: int) -> None:
+    """Log that ``who`` skipped a batch of ``n`` < :data:`MIN_SSL_BATCH` samples (callers log
+    it once)."""
+    logger.warning(
+        "%s skipped on a batch of %d sample(s): batch statistics need at least %d "
+        "(use drop_last=True); further skips are not logged",
+        who,
+        n,
+        MIN_SSL_BATCH,
+    )
 
 
 class _Objective(nn.Module):
@@ -77,12 +95,7 @@ class _Objective(nn.Module):
 
     def _skipped(self, n: int, device: torch.device) -> dict[str, Tensor]:
         if not _Objective._warned_small_batch:
-            logger.warning(
-                "%s skipped on a batch of %d sample(s): batch statistics need at least 2 "
-                "(use drop_last=True); further skips are not logged",
-                type(self).__name__,
-                n,
-            )
+            warn_small_batch(type(self).__name__, n)
             _Objective._warned_small_batch = True
         zero = torch.zeros((), device=device)
         out = {"loss": zero, **dict.fromkeys(self.term_names, zero)}
@@ -105,7 +118,7 @@ class _Objective(nn.Module):
                 f"{tuple(z_views.shape)}"
             )
         device = z_a.device
-        if z_a.shape[0] < 2:
+        if z_a.shape[0] < MIN_SSL_BATCH:
             return [self._skipped(z_a.shape[0], device) for _ in range(z_views.shape[0])]
         outs = []
         e_a = self._embed(z_a.float())

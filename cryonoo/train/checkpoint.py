@@ -6,6 +6,7 @@ A run directory holds::
     RUN/stats.jsonl      one JSON line per epoch (loss terms, learning rate, images/s)
     RUN/weights.N.pt     checkpoint after epoch N (model, optimizer, scheduler, RNG states)
     RUN/z.N.pkl          latents of the training particles after epoch N (cryoDRGN layout)
+    RUN/interrupted.pt   the state at a Ctrl-C mid-epoch (removed by the next complete epoch)
 
 Checkpoints are written atomically (temporary file → fsync → rename) and loaded with
 ``torch.load(weights_only=True)``: they contain tensors, numbers, strings, lists and dicts only,
@@ -25,6 +26,7 @@ import torch
 from cryonoo.io.atomic import atomic_path, atomic_write
 
 __all__ = [
+    "INTERRUPTED",
     "checkpoint_epochs",
     "latest_checkpoint",
     "load_checkpoint",
@@ -32,6 +34,8 @@ __all__ = [
     "save_checkpoint",
     "write_run_config",
 ]
+
+INTERRUPTED = "interrupted.pt"  # mid-epoch checkpoint written on Ctrl-C
 
 _WEIGHTS = re.compile(r"^weights\.(\d+)\.pt$")
 

@@ -1,7 +1,7 @@
 """Latents of a whole dataset by either kind of inference, streamed in batches.
 
 * ``amortized`` — one encoder pass per batch (:class:`~cryonoo.models.vae.HetVAE`); the
-  posterior means, exactly :func:`~cryonoo.train.trainer.encode_dataset` (which gives the
+  posterior means, exactly :func:`~cryonoo.train.encode.encode_dataset` (which gives the
   dataset's poses, ``Batch.rot``, to a pose-conditioned encoder such as ``pose-mlp``; so does
   ``refine`` for its starting point).
 * ``autodecode`` — test-time optimization per batch
@@ -24,7 +24,7 @@ from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.refine import REFINE_LR, REFINE_STEPS
 from cryonoo.models.vae import HetVAE
-from cryonoo.train.trainer import encode_dataset
+from cryonoo.train.encode import encode_dataset
 
 __all__ = [
     "METHODS",

@@ -92,7 +92,6 @@ class TrainConfig:
     ctf_rescale: bool = False
     # output
     checkpoint_every: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = {
@@ -135,6 +134,7 @@ class TrainConfig:
         if "amp" in data:  # configs written before `precision` had amp: bool
             amp = data.pop("amp")
             data.setdefault("precision", "auto" if amp else "fp32")
+        data.pop("extra", None)  # an unused field of older configs
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")

@@ -203,7 +203,7 @@ def test_small_and_degenerate_shapes(data, tmp_path, case):
 def test_ctrl_c_saves_the_current_state_and_resume_is_exact(data, tmp_path):
     """Case 3: Ctrl-C mid-epoch writes a consistent mid-epoch checkpoint; --resume continues
     from that very step, bit-identical (CPU) to a run never interrupted."""
-    from cryonoo.train.trainer import INTERRUPTED
+    from cryonoo.train.checkpoint import INTERRUPTED
 
     dataset = open_dataset(data.root, ind="train", lazy=False)
     config = replace(get_recipe("cryonoo"), epochs=3, **SMALL)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cryonoo.cli import app
 from cryonoo.io.cryodrgn import load_z_pkl
 from cryonoo.io.dataset import open_dataset
+from cryonoo.train.cryodrgn_init import start_from_cryodrgn
 from cryonoo.train.recipes import get_recipe
 from cryonoo.train.trainer import train
 
@@ -113,3 +114,44 @@ def test_export_cryodrgn_writes_a_loadable_run(tmp_path) -> None:
         load_z_pkl(tmp_path / "cd" / "z.1.pkl")[0], load_z_pkl(out / "z.1.pkl")[0]
     )
     assert "Epoch: 1 Average gen loss" in (tmp_path / "cd" / "run.log").read_text()
+
+
+def test_start_from_cryodrgn_adopts_the_run() -> None:
+    recipe = replace(get_recipe("cryonoo"), invert=False, window=False, window_r=0.5)
+    start = start_from_cryodrgn(recipe, FIXTURE)
+    config = start.config
+    assert {k: getattr(config, k) for k in ARCH} == ARCH
+    assert (config.invert, config.window, config.window_r) == (True, True, 0.85)
+    assert config.warmup_epochs == 0  # the cryoDRGN run was the warm-up
+    assert start.norm_std == pytest.approx(16.30588722229004)
+    assert start.weights == FIXTURE / "weights.pkl" and start.run_dir == FIXTURE
+    given = start_from_cryodrgn(replace(recipe, warmup_epochs=3), FIXTURE, {"warmup_epochs": 3})
+    assert given.config.warmup_epochs == 3
+    with pytest.raises(ValueError, match=r"--enc-dim 32 \(checkpoint: 64, model_args.qdim\)"):
+        start_from_cryodrgn(recipe, FIXTURE, {"enc_dim": 32, "zdim": 2})
+
+
+def test_python_start_from_cryodrgn_equals_the_cli(tmp_path) -> None:
+    # the library's path (start_from_cryodrgn, open the particles as it says, train) is the CLI's
+    cli = tmp_path / "cli"
+    result = invoke(
+        "train", *FILES, "-o", cli, "--init-from-cryodrgn", FIXTURE, "-n", 1, "-b", 12,
+        "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    start = start_from_cryodrgn(replace(get_recipe("cryonoo"), epochs=1, batch_size=12), FIXTURE)
+    ds = open_dataset(
+        FIXTURE / "particles.mrcs",
+        FIXTURE / "poses.pkl",
+        FIXTURE / "ctf.pkl",
+        preprocessing=start.config.preprocessing(),
+        norm_std=start.norm_std,
+    )
+    out = train(start.config, ds, tmp_path / "py", device="cpu", init_from=start.run_dir)
+    assert out.stats[0]["ssl_active"] is True
+    cfg = json.loads((tmp_path / "py" / "config.json").read_text())
+    assert cfg["data"]["init_from_cryodrgn"] == str(start.weights)
+    assert cfg["train"] == json.loads((cli / "config.json").read_text())["train"]
+    np.testing.assert_array_equal(
+        load_z_pkl(tmp_path / "py" / "z.1.pkl")[0], load_z_pkl(cli / "z.1.pkl")[0]
+    )

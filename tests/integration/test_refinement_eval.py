@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from cryonoo.cli import app
 from cryonoo.eval.refinement import evaluate_refinement, format_refinement, refine_budgets
 from cryonoo.io.dataset import open_dataset
+from cryonoo.train.encode import encode_dataset
 from cryonoo.train.run import load_run
-from cryonoo.train.trainer import encode_dataset
 
 runner = CliRunner()
 SMALL = ["--dec-dim", "16", "--dec-layers", "1", "--zdim", "2", "-b", "16", "-n", "1"]

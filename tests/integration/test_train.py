@@ -178,6 +178,14 @@ def test_recipes_cover_the_paper_arms():
     assert TrainConfig.from_dict(base.to_dict()) == base
 
 
+def test_configs_of_older_runs_still_load():
+    """``config.json`` files of older runs have an ``extra`` field (never read): still loads."""
+    base = get_recipe("cryonoo")
+    assert TrainConfig.from_dict({**base.to_dict(), "extra": {"note": 1}}) == base
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainConfig.from_dict({**base.to_dict(), "extras": {}})
+
+
 def test_load_run_rebuilds_model(data, tmp_path):
     run = tmp_path / "lr"
     dataset = open_dataset(data.root, ind="train", lazy=False)
@@ -256,7 +264,7 @@ def test_every_recipe_builds_and_takes_a_step(name):
     import torch
 
     from cryonoo.physics.rotations import random_rotations
-    from cryonoo.train.trainer import build_model
+    from cryonoo.train.build import build_model
     from cryonoo.types import Batch
 
     config = replace(get_recipe(name), **SMALL)

@@ -13,8 +13,9 @@ from cryonoo.models.zoo import MODELS
 from cryonoo.physics.rotations import random_rotations
 from cryonoo.physics.simulate import volume_spectrum
 from cryonoo.physics.slice import extract_central_slices
+from cryonoo.train.build import base_model, build_model
+from cryonoo.train.encode import encode_dataset
 from cryonoo.train.recipes import get_recipe
-from cryonoo.train.trainer import base_model, build_model, encode_dataset
 from cryonoo.types import Batch, ReconstructionModel
 
 D = 17

@@ -339,7 +339,7 @@ def test_encode_dataset_passes_the_datasets_poses(tmp_path):
     from cryonoo.io.dataset import ParticleDataset
     from cryonoo.io.mrc import write_mrc
     from cryonoo.io.stack import open_images
-    from cryonoo.train.trainer import encode_dataset
+    from cryonoo.train.encode import encode_dataset
 
     n = 10
     rng = np.random.default_rng(0)
