@@ -135,7 +135,7 @@ def demo(
 
     Simulates the built-in `hinge` dataset (a two-domain hinge closing, SNR 0.1), trains the
     plain VAE (`cryodrgn`) and the recommended recipe with the same seed, architecture and
-    epochs on its train split (`--recipes cryodrgn,cryonoo,sleep-2v` adds the paper's
+    epochs on its train split (`--recipes cryodrgn,cryonoo,sleep-4v-pv` adds the paper's
     recipe), trains a supervised encoder of the same size on fresh images with the true
     labels (the ceiling of what one image carries), evaluates every recipe on seen (train)
     and unseen (test) images and prints the tables.

@@ -285,6 +285,13 @@ RECIPES: dict[str, TrainConfig] = {
         augment_options={"poses": "per-view"},
         anchor_noise=0.7,
     ),
+    "sleep-4v-pv-an1": _sleep(
+        "sleep-4v-pv-an1",
+        noise_factors=(1.0, 1.0, 1.0, 1.0),
+        ssl_weight=0.25,
+        augment_options={"poses": "per-view"},
+        anchor_noise=1.0,
+    ),
     "sleep-8v-pv": _sleep(
         "sleep-8v-pv",
         noise_factors=(1.0,) * 8,
@@ -294,8 +301,8 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
-#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round D)
-RECOMMENDED = "sleep-2v"
+#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round F)
+RECOMMENDED = "sleep-4v-pv"
 
 
 def get_recipe(name: str) -> TrainConfig:
