@@ -489,6 +489,11 @@ def encode(
             )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
+    if dataset.trans_px is None:
+        console.print(
+            "[yellow]no shifts known for these particles[/]: they are encoded as if centred; "
+            "pass --poses (the particles' poses.pkl) unless they are centred"
+        )
     t0 = time.perf_counter()
     mu, logvar = infer_latents(
         run.model, dataset, dev, method, batch_size=batch_size, steps=steps, lr=lr

@@ -110,6 +110,12 @@ def test_cli_train_encode_volumes(data, tmp_path):
     )
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(load_z_pkl(z_out)[0], load_z_pkl(run / "z.2.pkl")[0], atol=1e-5)
+    assert "no shifts known" not in result.output  # the dataset directory carries its poses
+    # a bare stack without --poses: encoded as if centred, and the user is told
+    bare = [str(data.root / "particles.mrcs"), "--ctf", str(data.root / "ctf.pkl")]
+    result = runner.invoke(app, ["encode", str(run), *bare, "-o", str(tmp_path / "zb.pkl")])
+    assert result.exit_code == 0, result.output
+    assert "no shifts known" in result.output
     # maps for two latents, voxel size from the data
     result = runner.invoke(app, ["volumes", str(run), "-o", str(tmp_path / "v"), "--z", "0 0 1 1"])
     assert result.exit_code == 0, result.output
