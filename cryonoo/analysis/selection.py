@@ -34,6 +34,7 @@ from cryonoo.io.star import StarFile, StarTable, read_star_raw, write_star_block
 
 __all__ = [
     "check_row_count",
+    "read_originals",
     "select_indices",
     "subset_indices",
     "write_cs_subset",
@@ -258,6 +259,20 @@ def write_cs_subset(
     sub = cs[subset_indices(indices, len(cs), where)]
     with atomic_write(path) as f:
         np.save(f, sub, allow_pickle=False)
+
+
+def read_originals(
+    star: PathLike | None, cs: PathLike | None, n: int
+) -> tuple[StarFile | None, np.ndarray | None]:
+    """The particles' raw ``.star`` (:func:`~cryonoo.io.star.read_star_raw`) and ``.cs``
+    records (each ``None`` when not given), each checked to have ``n`` rows, one per latent."""
+    meta = read_star_raw(star) if star is not None else None
+    if meta is not None:
+        check_row_count(len(meta), n, star)
+    records = read_cs(cs) if cs is not None else None
+    if records is not None:
+        check_row_count(len(records), n, cs)
+    return meta, records
 
 
 def write_selection(

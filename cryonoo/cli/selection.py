@@ -158,9 +158,7 @@ def select(
     The .star/.cs must have one row per latent, in the same order.
     """
     from cryonoo.analysis.inputs import check_latents, load_latents
-    from cryonoo.analysis.selection import check_row_count
-    from cryonoo.io.cryosparc import read_cs
-    from cryonoo.io.star import read_star_raw
+    from cryonoo.analysis.selection import read_originals
 
     try:
         z = check_latents(load_latents(zfile), name=str(zfile))
@@ -168,12 +166,7 @@ def select(
             z, labels, clusters, kmeans_k, seed, pca_box, pca_polygon, index, density_quantile,
             invert,
         )  # fmt: skip
-        meta = read_star_raw(star) if star is not None else None
-        if meta is not None:
-            check_row_count(len(meta), len(z), star)
-        records = read_cs(cs) if cs is not None else None
-        if records is not None:
-            check_row_count(len(records), len(z), cs)
+        meta, records = read_originals(star, cs, len(z))
     except (ValueError, KeyError, OSError) as exc:
         _fail(str(exc))
     written = _write(out_stem, sel, meta, records, len(z))

@@ -21,26 +21,11 @@ def _inputs(source: Path, zfile: Path | None, epoch: int | None, device: str) ->
         if zfile is not None:
             raise ValueError("--zfile goes with a run directory; here the latents are the file")
         return None, source
+    from cryonoo.train.encode import resolve_device
     from cryonoo.train.run import load_run
-    from cryonoo.train.trainer import resolve_device
 
     run = load_run(source, epoch, resolve_device(device))
     return run, _latent_file(run, zfile)
-
-
-def _particles(star: Path | None, cs: Path | None, n: int) -> tuple[Any, Any]:
-    """The ``.star`` (raw) and ``.cs`` records, each checked to have ``n`` rows."""
-    from cryonoo.analysis.selection import check_row_count
-    from cryonoo.io.cryosparc import read_cs
-    from cryonoo.io.star import read_star_raw
-
-    meta = read_star_raw(star) if star is not None else None
-    if meta is not None:
-        check_row_count(len(meta), n, star)
-    records = read_cs(cs) if cs is not None else None
-    if records is not None:
-        check_row_count(len(records), n, cs)
-    return meta, records
 
 
 def _load(
@@ -162,6 +147,7 @@ def view(
     instead (maps of the k-means centroids; the selection is downloaded as an index .txt).
     Nothing is loaded from the internet. See docs/analysis.md.
     """
+    from cryonoo.analysis.selection import read_originals
     from cryonoo.io.mrc import ParticleFileError
 
     if map_box < 2:
@@ -169,7 +155,7 @@ def view(
     opts = {"epoch": epoch, "device": device, "k": kmeans_k, "seed": seed}
     try:
         run, data = _load(source, zfile, analysis, color_by, opts)
-        meta, records = _particles(star, cs, data.n)
+        meta, records = read_originals(star, cs, data.n)
     except (ValueError, KeyError, OSError, ParticleFileError) as exc:
         _fail(str(exc))
     if write is not None:

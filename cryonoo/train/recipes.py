@@ -190,6 +190,18 @@ def _sleep(name: str, **changes: Any) -> TrainConfig:
     return replace(_SLEEP, name=name, **changes)
 
 
+def _views_per_pose(name: str, views: int, **changes: Any) -> TrainConfig:
+    """A sleep recipe whose dreams have ``views`` views, each at its own random pose, at the
+    data's noise level, λ = 1 / views each (the sleep term's total weight stays 1)."""
+    return _sleep(
+        name,
+        noise_factors=(1.0,) * views,
+        ssl_weight=1.0 / views,
+        augment_options={"poses": "per-view"},
+        **changes,
+    )
+
+
 _AUTODECODER = replace(_CRYODRGN, name="autodecoder", model="autodecoder")
 
 
@@ -266,38 +278,11 @@ RECIPES: dict[str, TrainConfig] = {
         augment_options={"latents": "posterior"},
     ),
     # every view of a dream at its own random pose; more views per dream (Round F)
-    "sleep-2v-pv": _sleep(
-        "sleep-2v-pv",
-        noise_factors=(1.0, 1.0),
-        ssl_weight=0.5,
-        augment_options={"poses": "per-view"},
-    ),
-    "sleep-4v-pv": _sleep(
-        "sleep-4v-pv",
-        noise_factors=(1.0, 1.0, 1.0, 1.0),
-        ssl_weight=0.25,
-        augment_options={"poses": "per-view"},
-    ),
-    "sleep-4v-pv-an": _sleep(
-        "sleep-4v-pv-an",
-        noise_factors=(1.0, 1.0, 1.0, 1.0),
-        ssl_weight=0.25,
-        augment_options={"poses": "per-view"},
-        anchor_noise=0.7,
-    ),
-    "sleep-4v-pv-an1": _sleep(
-        "sleep-4v-pv-an1",
-        noise_factors=(1.0, 1.0, 1.0, 1.0),
-        ssl_weight=0.25,
-        augment_options={"poses": "per-view"},
-        anchor_noise=1.0,
-    ),
-    "sleep-8v-pv": _sleep(
-        "sleep-8v-pv",
-        noise_factors=(1.0,) * 8,
-        ssl_weight=0.125,
-        augment_options={"poses": "per-view"},
-    ),
+    "sleep-2v-pv": _views_per_pose("sleep-2v-pv", 2),
+    "sleep-4v-pv": _views_per_pose("sleep-4v-pv", 4),
+    "sleep-4v-pv-an": _views_per_pose("sleep-4v-pv-an", 4, anchor_noise=0.7),
+    "sleep-4v-pv-an1": _views_per_pose("sleep-4v-pv-an1", 4, anchor_noise=1.0),
+    "sleep-8v-pv": _views_per_pose("sleep-8v-pv", 8),
 }
 
 
