@@ -224,6 +224,9 @@ def bench_generalization(
         "cryodrgn,cryonoo,simsiam,invariance-only"
     ),
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 … seeds−1).")] = 3,
+    first_seed: Annotated[
+        int, typer.Option(help="First seed: seeds FIRST … FIRST+seeds−1 (one seed per job).")
+    ] = 0,
     phantom: Annotated[str | None, typer.Option(help="Built-in phantom.")] = None,
     box: Annotated[int | None, typer.Option("-D", "--box")] = None,
     n_images: Annotated[int | None, typer.Option("-n", "--n-images")] = None,
@@ -248,6 +251,8 @@ def bench_generalization(
     from cryonoo.eval.benchmark import format_tables, summarize_ceiling, summarize_seeds
     from cryonoo.io.atomic import atomic_write
 
+    if first_seed < 0 or seeds < 1:
+        _fail(f"need --seeds ≥ 1 and --first-seed ≥ 0, got {seeds} and {first_seed}")
     names = [r.strip() for r in recipes.split(",") if r.strip()]
     config = _benchmark_config(
         phantom=phantom,
@@ -262,7 +267,8 @@ def bench_generalization(
         precision=precision,
         ceiling=ceiling,
     )
-    results = _run_with_progress(outdir, names, list(range(seeds)), config, device)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    results = _run_with_progress(outdir, names, seed_list, config, device)
     summary = summarize_seeds(results)
     oracle = summarize_ceiling(results)
     with atomic_write(outdir / "summary.json", "w") as fh:

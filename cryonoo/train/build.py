@@ -137,12 +137,29 @@ def base_model(model: nn.Module) -> HetVAE | AutoDecoder:
 
 def build_optimizer(
     config: TrainConfig, model: nn.Module, vae: HetVAE | AutoDecoder
-) -> torch.optim.Adam:
-    """Adam over ``model``'s parameters (an autodecoder's latents at ``config.latent_lr``)."""
-    params = (
-        vae.param_groups(config.latent_lr) if isinstance(vae, AutoDecoder) else model.parameters()
-    )
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+) -> torch.optim.Adam | torch.optim.AdamW:
+    """Adam over ``model``'s parameters (an autodecoder's latents at ``config.latent_lr``).
+
+    With ``config.encoder_weight_decay`` > 0: AdamW whose decoupled decay acts on the
+    encoder's parameters alone (decoder, SSL head and latents undecayed), i.e. plain Adam for
+    everything else.
+    """
+    if isinstance(vae, AutoDecoder):
+        params: Any = vae.param_groups(config.latent_lr)
+    else:
+        params = model.parameters()
+    if config.encoder_weight_decay <= 0:
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    encoder = getattr(vae, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"encoder_weight_decay: {type(vae).__name__} has no encoder")
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    groups = [
+        {"params": list(encoder.parameters()), "weight_decay": config.encoder_weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def build_scheduler(
@@ -191,7 +208,7 @@ class Training:
     model: nn.Module
     vae: HetVAE | AutoDecoder
     step_model: nn.Module
-    optimizer: torch.optim.Adam
+    optimizer: torch.optim.Optimizer
     scheduler: PlateauScheduler | None
     loader_generator: torch.Generator
     aug_generator: torch.Generator

@@ -57,7 +57,8 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-4
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam's L2 term on every parameter
+    encoder_weight_decay: float = 0.0  # decoupled (AdamW) decay of the encoder's weights only
     lr_plateau: bool = True  # ReduceLROnPlateau(min, factor 0.5, patience 3) on the epoch loss
     plateau_on: str = "model"  # "model": the model's own loss; "total": + λ·SSL (the paper's)
     plateau_factor: float = 0.5
@@ -108,6 +109,8 @@ class TrainConfig:
             "latent_l2": self.latent_l2 >= 0,
             "precision": self.precision in PRECISIONS,
             "plateau_on": self.plateau_on in ("model", "total"),
+            "encoder_weight_decay": self.encoder_weight_decay >= 0
+            and not (self.encoder_weight_decay > 0 and self.weight_decay > 0),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -283,6 +286,12 @@ RECIPES: dict[str, TrainConfig] = {
     "sleep-4v-pv-an": _views_per_pose("sleep-4v-pv-an", 4, anchor_noise=0.7),
     "sleep-4v-pv-an1": _views_per_pose("sleep-4v-pv-an1", 4, anchor_noise=1.0),
     "sleep-8v-pv": _views_per_pose("sleep-8v-pv", 8),
+    "sleep-8v-pv-an": _views_per_pose("sleep-8v-pv-an", 8, anchor_noise=0.7),
+    "sleep-8v-pv-an1": _views_per_pose("sleep-8v-pv-an1", 8, anchor_noise=1.0),
+    # decoupled weight decay on the encoder alone: weights only training images excite decay
+    # (Round G)
+    "sleep-4v-pv-ewd1": _views_per_pose("sleep-4v-pv-ewd1", 4, encoder_weight_decay=1.0),
+    "sleep-4v-pv-ewd5": _views_per_pose("sleep-4v-pv-ewd5", 4, encoder_weight_decay=5.0),
 }
 
 

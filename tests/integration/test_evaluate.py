@@ -135,6 +135,25 @@ def test_bench_generalization_tables(tmp_path):
     bad = runner.invoke(app, ["bench", "generalization", "-o", str(fresh), "--precision", "half"])
     assert bad.exit_code == 2 and "precision" in bad.output
     assert not (fresh / "data_seed0").exists()  # refused before simulating anything
+    negative = tmp_path / "negative"
+    bad = runner.invoke(app, ["bench", "generalization", "-o", str(negative), "--first-seed", "-1"])
+    assert bad.exit_code == 2 and "--first-seed" in bad.output
+    assert not negative.exists()
+
+
+def test_bench_generalization_first_seed(tmp_path):
+    """`--seeds 1 --first-seed 1` is seed 1 of a 2-seed run: the same data, the same numbers."""
+    common = ["--recipes", "cryodrgn", "--no-ceiling", *TINY]
+    both, one = tmp_path / "both", tmp_path / "one"
+    ran = runner.invoke(app, ["bench", "generalization", "-o", str(both), "--seeds", "2", *common])
+    assert ran.exit_code == 0, ran.output
+    args = ["bench", "generalization", "-o", str(one), "--seeds", "1", "--first-seed", "1"]
+    ran = runner.invoke(app, [*args, *common])
+    assert ran.exit_code == 0, ran.output
+    assert not list(one.glob("*_seed0*")) and (one / "cryodrgn_seed1").is_dir()
+    alone = json.loads((one / "results.json").read_text())["results"]["1"]["cryodrgn"]
+    paired = json.loads((both / "results.json").read_text())["results"]["1"]["cryodrgn"]
+    assert alone["per_image_fsc"] == paired["per_image_fsc"]
 
 
 def test_summarize_seeds_math():

@@ -289,3 +289,26 @@ def test_every_recipe_builds_and_takes_a_step(name):
     )
     assert torch.isfinite(step.loss)
     step.loss.backward()
+
+
+def test_encoder_weight_decay_decays_the_encoder_alone():
+    """With zero gradients an AdamW step is pure decay: encoder × (1 − lr·wd), the rest kept."""
+    import torch
+
+    from cryonoo.train.build import base_model, build_model, build_optimizer
+
+    config = replace(get_recipe("sleep-4v-pv-ewd1"), **SMALL)
+    model = build_model(config, 17, noise_sigma=0.5, n_images=8)
+    optimizer = build_optimizer(config, model, base_model(model))
+    before = [p.detach().clone() for p in model.parameters()]
+    encoder = {id(p) for p in base_model(model).encoder.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    factor = 1 - config.lr * config.encoder_weight_decay
+    for old, p in zip(before, model.parameters(), strict=True):
+        expected = old * factor if id(p) in encoder else old
+        torch.testing.assert_close(p.detach(), expected)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(before)
+    with pytest.raises(ValueError, match="encoder_weight_decay"):
+        replace(config, weight_decay=1e-4)
