@@ -69,12 +69,17 @@ def main(
     ] = False,
 ) -> None:
     """Amortized heterogeneous cryo-EM reconstruction with self-distillation."""
+    from cryonoo.registries import load_plugins
+
+    load_plugins()
 
 
 @app.command("list")
 def list_components() -> None:
-    """List every registry and the components registered in it."""
+    """List every registry, the components registered in it, and the training recipes."""
     from cryonoo.registries import all_registries
+    from cryonoo.train.config_file import describe_recipe
+    from cryonoo.train.recipes import RECIPES
 
     table = Table(title="cryonoo components")
     table.add_column("registry", style="bold cyan")
@@ -83,6 +88,8 @@ def list_components() -> None:
     for reg_name, registry in all_registries().items():
         for i, name in enumerate(registry.names()):
             table.add_row(reg_name if i == 0 else "", name, registry.describe(name))
+    for i, name in enumerate(RECIPES):
+        table.add_row("RECIPES" if i == 0 else "", name, describe_recipe(name))
     console.print(table)
 
 

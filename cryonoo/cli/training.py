@@ -1,4 +1,4 @@
-"""Training and inference commands: train, ablate, encode, volumes."""
+"""Training and inference commands: train, config, ablate, encode, volumes."""
 
 from __future__ import annotations
 
@@ -173,7 +173,26 @@ def train_command(
     outdir: Annotated[Path, _OUT],
     poses: Annotated[Path | None, typer.Option(help="cryoDRGN poses.pkl.")] = None,
     ctf: Annotated[Path | None, typer.Option(help="cryoDRGN ctf.pkl.")] = None,
-    recipe: Annotated[RecipeName, typer.Option(help="Training recipe.")] = RecipeName["cryonoo"],  # type: ignore[valid-type]
+    recipe: Annotated[
+        RecipeName | None,  # type: ignore[valid-type]
+        typer.Option(help="Training recipe (default: the config file's, else cryonoo)."),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file (.yaml/.json: sections model/optim/ssl/data/output, or a run's "
+            "config.json); see `cryonoo config`.",
+        ),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="One setting, section.key=value (e.g. ssl.weight=0.1, "
+            "optim.lr_plateau=false); repeatable; over --config, under the flags.",
+        ),
+    ] = None,
     ind: Annotated[
         str | None,
         typer.Option(help="Index file (.pkl/.npy/.txt) or a split name ('train', 'test', 'all')."),
@@ -237,8 +256,8 @@ def train_command(
     """
     from dataclasses import replace
 
+    from cryonoo.train.config_file import resolve_config
     from cryonoo.train.cryodrgn_init import start_from_cryodrgn
-    from cryonoo.train.recipes import get_recipe
 
     overrides = {
         "epochs": epochs,
@@ -256,9 +275,8 @@ def train_command(
         "precision": precision,
     }
     try:
-        config = replace(
-            get_recipe(recipe.value), **{k: v for k, v in overrides.items() if v is not None}
-        )
+        name = None if recipe is None else recipe.value
+        config = resolve_config(name, config_file, sets or (), overrides)
         if ctf_rescale:
             config = replace(config, ctf_rescale=True)
         if skip_nonfinite:
@@ -285,6 +303,54 @@ def train_command(
         drop_bad,
         cryodrgn=cryodrgn,
     )
+
+
+@app.command("config")
+def config_command(
+    recipe: Annotated[
+        RecipeName,  # type: ignore[valid-type]
+        typer.Argument(help="The recipe to start from."),
+    ] = RecipeName["cryonoo"],
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="One setting, section.key=value; repeatable."),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option(help="Every setting, not only those that differ from RECIPE.")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here (.yaml/.json).")
+    ] = None,
+) -> None:
+    """Print (or write) a recipe's settings as a file `cryonoo train --config` reads.
+
+    Example: `cryonoo config sleep-4v-pv --set ssl.weight=0.1 -o run.yaml`, then
+    `cryonoo train data/ -o runs/a --config run.yaml`.
+    """
+    import json
+
+    import yaml
+
+    from cryonoo.io.atomic import atomic_write
+    from cryonoo.train.config_file import nested_config, resolve_config
+
+    try:
+        config = resolve_config(recipe.value, None, sets or ())
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+    nested = nested_config(config, None if full else recipe.value)
+    if full:
+        nested = {"recipe": recipe.value, **nested}
+    if output is not None and output.suffix == ".json":
+        text = json.dumps(nested, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(nested, sort_keys=False)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    with atomic_write(output, "w") as fh:
+        fh.write(text)
+    console.print(f"settings of {config.name} → {output}")
 
 
 @app.command()

@@ -28,6 +28,9 @@ def test_version_and_list():
         assert name in out.output
         for entry in registry.names():
             assert entry in out.output
+    from cryonoo.train.recipes import RECIPES
+
+    assert all(name in out.output for name in RECIPES)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +133,26 @@ def test_parse_cs_box_and_ctf_only(samples, tmp_path):
         np.save(fh, cs[[n for n in keep if not n.startswith("ctf")]].copy())
     result = invoke("parse", no_ctf, "-o", tmp_path / "none")
     assert result.exit_code == 2 and "noctf.cs" in result.output
+
+
+def test_config_file_and_set_reach_the_saved_config(data, tmp_path):
+    """`cryonoo config` writes what `train --config` reads; --set over the file; flags over both."""
+    import json
+
+    settings = tmp_path / "run.yaml"
+    result = invoke("config", "sleep-4v-pv", "--set", "ssl.weight=0.1", "-o", settings)
+    assert result.exit_code == 0, result.output
+    assert "weight: 0.1" in settings.read_text()
+    out = tmp_path / "run"
+    tiny = ["--enc-dim", "8", "--dec-dim", "16", "--dec-layers", "1", "--zdim", "2", "-b", "16"]
+    result = invoke(
+        "train", data.root, "-o", out, "--config", settings,
+        "--set", "optim.lr_plateau=true", "--set", "optim.epochs=5", "-n", 1, *tiny,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert (saved["name"], saved["ssl_weight"], saved["lr_plateau"]) == ("sleep-4v-pv", 0.1, True)
+    assert saved["epochs"] == 1 and saved["noise_factors"] == [1.0] * 4
+    bad = invoke("train", data.root, "-o", tmp_path / "bad", "--set", "ssl.wieght=1")
+    assert bad.exit_code == 2 and "ssl has: " in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -51,3 +51,34 @@ def test_bad_name():
     reg = make()
     with pytest.raises(ValueError):
         reg.add("", lambda: 0)
+
+
+def test_plugins_register_through_entry_points(tmp_path, monkeypatch):
+    """A package's `cryonoo.plugins` entry point is imported; a broken one warns, by name."""
+    from importlib.metadata import EntryPoint
+
+    from cryonoo import registries
+    from cryonoo.ssl.augment import AUGMENTERS
+
+    (tmp_path / "my_cryonoo_parts.py").write_text(
+        "from cryonoo.ssl.augment import AUGMENTERS\n"
+        "@AUGMENTERS.register('plugin-identity', help='a test plug-in')\n"
+        "class Identity:\n"
+        "    def __init__(self, **kwargs):\n"
+        "        pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [
+        EntryPoint("mine", "my_cryonoo_parts", registries.PLUGIN_GROUP),
+        EntryPoint("broken", "no_such_module_here", registries.PLUGIN_GROUP),
+    ]
+    monkeypatch.setattr(registries, "entry_points", lambda group: points)
+    monkeypatch.setattr(registries, "_LOADED", {})
+    try:
+        with pytest.warns(UserWarning, match="'broken'.*ModuleNotFoundError"):
+            status = registries.load_plugins()
+        assert status["mine"] == "ok" and "plugin-identity" in AUGMENTERS
+        assert "plugin-identity" in registries.all_registries()["AUGMENTERS"]
+    finally:
+        AUGMENTERS._items.pop("plugin-identity", None)
+        AUGMENTERS._help.pop("plugin-identity", None)

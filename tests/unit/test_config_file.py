@@ -1,0 +1,127 @@
+"""Settings files and `section.key=value` overrides map onto TrainConfig, and fail clearly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from cryonoo.train.config_file import (
+    SECTIONS,
+    apply_overrides,
+    config_from_mapping,
+    load_config,
+    nested_config,
+    resolve_config,
+)
+from cryonoo.train.recipes import RECIPES, TrainConfig, get_recipe
+
+
+def test_every_field_has_exactly_one_section():
+    placed = [name for members in SECTIONS.values() for name in members]
+    assert len(placed) == len(set(placed))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"name"}
+    assert set(placed) == fields
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_round_trips_through_its_file_form(name):
+    recipe = get_recipe(name)
+    assert config_from_mapping(yaml.safe_load(yaml.safe_dump(nested_config(recipe)))) == recipe
+    changed = replace(recipe, epochs=3, noise_factors=(1.0, 2.0))
+    diff = nested_config(changed, name)
+    assert diff["recipe"] == name and diff["optim"] == {"epochs": 3}
+    assert config_from_mapping(json.loads(json.dumps(diff))) == changed
+
+
+def test_overrides_parse_by_field_type():
+    config = apply_overrides(
+        get_recipe("cryonoo"),
+        [
+            "ssl.weight=0.1",
+            "optim.lr_plateau=FALSE",
+            "ssl.objective=simsiam",
+            "ssl.warmup=2",
+            "ssl.noise_factors=1,1.5",
+            "ssl.noise_sigma=none",
+            'ssl.options={"inv": 25}',
+            "model.kind=autodecoder",
+            "epochs=4",
+        ],
+    )
+    assert (config.ssl_weight, config.lr_plateau, config.ssl) == (0.1, False, "simsiam")
+    assert (config.warmup_epochs, config.noise_factors) == (2, (1.0, 1.5))
+    assert config.noise_sigma is None and config.ssl_options == {"inv": 25}
+    assert (config.model, config.epochs) == ("autodecoder", 4)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("ssl.bogus=1", "ssl has: "),
+        ("nosection.lr=1", "sections: model"),
+        ("optim.epochs=1.5", "epochs: expected int"),
+        ("optim.epochs=none", "cannot be none"),
+        ("optim.lr_plateau=maybe", "expected bool"),
+        ("optim.epochs", "section.key=value"),
+        ("optim.lr=-1", "invalid training settings"),
+        ("bogus=1", "unknown setting 'bogus'"),
+    ],
+)
+def test_bad_overrides_name_what_is_wrong(item, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(get_recipe("cryonoo"), [item])
+
+
+def test_load_config_yaml_json_and_a_runs_config(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: sleep-4v-pv\nname: mine\noptim: {epochs: 7}\nssl: {weight: 0.2}\n")
+    config = load_config(path)
+    assert config == replace(get_recipe("sleep-4v-pv"), name="mine", epochs=7, ssl_weight=0.2)
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"recipe": "cryodrgn", "epochs": 2}))
+    assert load_config(flat) == replace(get_recipe("cryodrgn"), epochs=2)
+    saved = tmp_path / "config.json"  # what a run writes: {"train": {...every field...}, ...}
+    saved.write_text(json.dumps({"train": config.to_dict(), "data": {"box": 16}}))
+    assert load_config(saved) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", "expected a mapping"),
+        ("optim: {epochs: [\n", "not valid yaml"),
+        ("optim: {warp: 9}\n", "optim has: "),
+        ("recipe: nope\n", "unknown recipe 'nope'"),
+        ("colour: blue\n", "top-level keys"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolve_config_precedence(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: cryodrgn\noptim: {epochs: 7, lr: 0.001}\nssl: {weight: 0.5}\n")
+    config = resolve_config(None, path, ["optim.lr=0.002"], {"lr": None, "epochs": 3})
+    assert (config.name, config.epochs, config.lr, config.ssl_weight) == ("cryodrgn", 3, 0.002, 0.5)
+    other = resolve_config("sleep-4v-pv", path)  # --recipe over the file's recipe
+    assert other.name == "sleep-4v-pv" and other.epochs == 7
+    assert resolve_config() == get_recipe("cryonoo")
+
+
+def test_describe_recipe_names_its_nearest_parent():
+    from cryonoo.train.config_file import describe_recipe
+
+    assert describe_recipe("sleep-8v-pv-an") == "sleep-8v-pv + ssl.anchor_noise=0.7"
+    assert describe_recipe("simsiam") == 'cryonoo + ssl.objective="simsiam"'
+    assert describe_recipe("cryonoo").startswith("the reference recipe")
