@@ -1,7 +1,7 @@
 """What semi-amortized refinement buys: amortized vs refined (vs autodecoded) test latents.
 
 Encodes the train split of a trained VAE run, refines the test latents for every budget ``K``
-in one pass (:func:`cryonoo.eval.refinement.evaluate_refinement`) and reports, per row, the
+in one pass (:func:`cryonoo.experiments.refinement.evaluate_refinement`) and reports, per row, the
 inference wall time, images/s, the unseen kNN label score (kNN fitted on the amortized train
 latents), the test per-image FSC_AUC and, with ``--autodecoder RUN``, the speed relative to that
 autodecoder run's test-time fit. Example::
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from cryonoo.eval.refinement import DEFAULT_STEPS, evaluate_refinement, format_refinement
+from cryonoo.experiments.refinement import DEFAULT_STEPS, evaluate_refinement, format_refinement
 from cryonoo.io.atomic import atomic_write
 
 

@@ -1,7 +1,7 @@
 """Sweep self-distillation settings on one simulated dataset and tabulate generalization.
 
 Each variant is the ``cryonoo`` recipe (or another base) with JSON overrides, trained with the
-benchmark's scale (``cryonoo.eval.benchmark.BenchmarkConfig``) and evaluated like ``cryonoo
+benchmark's scale (``cryonoo.experiments.benchmark.BenchmarkConfig``) and evaluated like ``cryonoo
 bench generalization``. Example::
 
     python benchmarks/ssl_sweep.py -o /tmp/sweep --snr 1.0 --device cuda \\
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
-from cryonoo.eval.benchmark import BenchmarkConfig, format_tables, summarize_seeds
-from cryonoo.eval.report import evaluate_run
+from cryonoo.experiments.benchmark import BenchmarkConfig, format_tables, summarize_seeds
+from cryonoo.experiments.report import evaluate_run
 from cryonoo.io.dataset import open_dataset
 from cryonoo.train.recipes import get_recipe
 from cryonoo.train.trainer import train

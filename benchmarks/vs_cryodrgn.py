@@ -39,7 +39,7 @@ import torch
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
-from cryonoo.io.cryodrgn_model import load_cryodrgn_run
+from cryonoo.interop.cryodrgn_model import load_cryodrgn_run
 from cryonoo.io.dataset import Preprocessing, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.train.recipes import get_recipe

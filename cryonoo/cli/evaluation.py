@@ -16,7 +16,7 @@ app.add_typer(bench_app, name="bench")
 
 def _print_metrics_table(title: str, per_recipe: dict, ceiling: dict | None = None) -> None:
     """Paper-style tables (Table 1 FSC, Table 3 shift, label recovery) for one seed, with the
-    oracle's label ceiling (``cryonoo.eval.ceiling``) as the last row when given."""
+    oracle's label ceiling (``cryonoo.experiments.ceiling``) as the last row when given."""
     fsc = Table(title=f"{title} — per-image FSC_AUC, mean (std) / median")
     for col in ("recipe", "train", "test"):
         fsc.add_column(col, justify="right" if col != "recipe" else "left")
@@ -66,7 +66,7 @@ def evaluate(
     Writes REPORT_DIR/metrics.json, latent PCA (and UMAP) and FSC figures, training curves and
     k-means centroid maps of the held-out latents (kmeansK/vol_*.mrc).
     """
-    from cryonoo.eval.report import evaluate_run
+    from cryonoo.experiments.report import evaluate_run
 
     try:
         ks = tuple(int(k) for k in kmeans.split(",") if k.strip())
@@ -91,7 +91,7 @@ def evaluate(
 
 
 def _benchmark_config(**kw):
-    from cryonoo.eval.benchmark import BenchmarkConfig
+    from cryonoo.experiments.benchmark import BenchmarkConfig
 
     return BenchmarkConfig(**{k: v for k, v in kw.items() if v is not None})
 
@@ -196,7 +196,7 @@ def _demo_precision(device: str) -> str:
 
 
 def _run_with_progress(outdir: Path, recipes: list[str], seeds: list[int], config, device: str):
-    from cryonoo.eval.benchmark import run_benchmark
+    from cryonoo.experiments.benchmark import run_benchmark
 
     n_train = round(config.n_images * 0.8)
     total = len(recipes) * len(seeds) * config.epochs * n_train
@@ -248,7 +248,7 @@ def bench_generalization(
     """
     import json
 
-    from cryonoo.eval.benchmark import format_tables, summarize_ceiling, summarize_seeds
+    from cryonoo.experiments.benchmark import format_tables, summarize_ceiling, summarize_seeds
     from cryonoo.io.atomic import atomic_write
 
     if first_seed < 0 or seeds < 1:
@@ -311,7 +311,7 @@ def bench_inference(
     per-image FSC_AUC and train↔test latent shift. Writes OUTDIR/inference.json and
     inference.md. Defaults finish in about seven minutes on a 2-core CPU.
     """
-    from cryonoo.eval.inference_bench import (
+    from cryonoo.experiments.inference_bench import (
         InferenceBenchConfig,
         format_comparison,
         run_inference_bench,
@@ -417,7 +417,7 @@ def bench_encode(
     PARTICLES --ctf ctf.pkl` runs (load the run, open the stack lazily, encode, save z.pkl).
     Writes OUTDIR/bench_encode.json; the stack is removed afterwards unless --keep.
     """
-    from cryonoo.eval.encode_bench import RESULT_NAME, EncodeBenchConfig, run_encode_bench
+    from cryonoo.experiments.encode_bench import RESULT_NAME, EncodeBenchConfig, run_encode_bench
 
     try:
         config = EncodeBenchConfig(

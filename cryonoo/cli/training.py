@@ -655,8 +655,8 @@ def export_cryodrgn(
     """
     import json
 
+    from cryonoo.interop.cryodrgn_model import save_cryodrgn_run
     from cryonoo.io.cryodrgn import load_z_pkl
-    from cryonoo.io.cryodrgn_model import save_cryodrgn_run
     from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
     from cryonoo.models.vae import HetVAE
     from cryonoo.train.run import load_run

@@ -13,9 +13,7 @@ Modules
 ``stack``      :func:`open_images` → :class:`ImageSource` (``.mrcs``, ``.txt``, ``.star``, ``.cs``).
 ``star``       :func:`read_star`, :func:`star_poses`, :func:`star_ctf`, :func:`write_star`.
 ``cryosparc``  :func:`read_cs`, :func:`cs_poses`, :func:`cs_ctf`.
-``cryodrgn``   pose/CTF/latent/index pickles.
-``cryodrgn_model``  cryoDRGN ``train_vae`` directories ↔ ``HetVAE`` (not imported here: it is the
-               one module that builds a model).
+``cryodrgn``   pose/CTF/latent/index pickles (cryoDRGN *model* directories: :mod:`cryonoo.interop`).
 """
 
 from cryonoo.io.atomic import atomic_path, atomic_write

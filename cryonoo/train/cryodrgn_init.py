@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from cryonoo.io.cryodrgn_model import (
+from cryonoo.interop.cryodrgn_model import (
     CONFIG_KEYS,
     cryodrgn_norm_std,
     cryodrgn_weights_path,

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cryonoo.cli import app
-from cryonoo.eval.encode_bench import RESULT_NAME, EncodeBenchConfig, encoder_flops_per_image
+from cryonoo.experiments.encode_bench import RESULT_NAME, EncodeBenchConfig, encoder_flops_per_image
 from cryonoo.models.vae import HetVAE
 
 runner = CliRunner()

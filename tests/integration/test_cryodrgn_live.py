@@ -21,7 +21,7 @@ import torch
 
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
-from cryonoo.io.cryodrgn_model import load_cryodrgn_run
+from cryonoo.interop.cryodrgn_model import load_cryodrgn_run
 from cryonoo.io.dataset import Preprocessing, open_dataset
 
 _MAIN = "import sys; from cryodrgn.command_line import main_commands; sys.exit(main_commands())"

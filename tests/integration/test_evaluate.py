@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cryonoo.cli import app
-from cryonoo.eval.benchmark import format_tables, summarize_ceiling, summarize_seeds
+from cryonoo.experiments.benchmark import format_tables, summarize_ceiling, summarize_seeds
 from cryonoo.train.recipes import RECOMMENDED
 
 runner = CliRunner()

@@ -99,7 +99,7 @@ def test_cli_needs_weights(tmp_path) -> None:
 
 
 def test_export_cryodrgn_writes_a_loadable_run(tmp_path) -> None:
-    from cryonoo.io.cryodrgn_model import load_cryodrgn_run
+    from cryonoo.interop.cryodrgn_model import load_cryodrgn_run
 
     out = tmp_path / "run"
     args = ("--recipe", "cryodrgn", "--init-from-cryodrgn", FIXTURE, "-n", 1, "-b", 8)

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from cryonoo.cli import app
-from cryonoo.eval.refinement import evaluate_refinement, format_refinement, refine_budgets
+from cryonoo.experiments.refinement import evaluate_refinement, format_refinement, refine_budgets
 from cryonoo.io.dataset import open_dataset
 from cryonoo.train.encode import encode_dataset
 from cryonoo.train.run import load_run

@@ -11,8 +11,7 @@ import pytest
 import torch
 import yaml
 
-from cryonoo.io.cryodrgn import load_z_pkl
-from cryonoo.io.cryodrgn_model import (
+from cryonoo.interop.cryodrgn_model import (
     convert_state_dict,
     cryodrgn_checkpoints,
     load_cryodrgn_run,
@@ -20,6 +19,7 @@ from cryonoo.io.cryodrgn_model import (
     read_cryodrgn_config,
     save_cryodrgn_run,
 )
+from cryonoo.io.cryodrgn import load_z_pkl
 from cryonoo.io.dataset import Preprocessing, open_dataset
 
 FIXTURE = Path(__file__).parents[1] / "data" / "cryodrgn_tiny"

@@ -400,7 +400,7 @@ def test_per_image_fsc_gives_a_pose_model_the_poses(simulated):
 
 
 def test_label_ceiling_with_the_pose(simulated, tmp_path, monkeypatch):
-    import cryonoo.eval.ceiling as ceiling
+    import cryonoo.experiments.ceiling as ceiling
 
     built: list[HetVAE] = []
 

@@ -523,7 +523,7 @@ def _result(
 
 
 def _write_result(path: Path, result: dict[str, Any]) -> None:
-    from cryonoo.eval.report import _json_ready
+    from cryonoo.experiments.report import _json_ready
 
     with atomic_write(path, "w") as fh:
         json.dump(_json_ready(result), fh, indent=2)

@@ -1,6 +1,6 @@
 """Amortized vs autodecoder inference (paper Table 2): what does a latent for a new image cost?
 
-On one simulated dataset (:func:`~cryonoo.eval.benchmark.simulate_dataset`), the ``cryodrgn``
+On one simulated dataset (:func:`~cryonoo.experiments.benchmark.simulate_dataset`), the ``cryodrgn``
 recipe (amortized VAE) and the ``autodecoder`` recipe train with the same decoder, seed, batch
 size and epochs on the train split. On the **test** split:
 
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cryonoo.eval.benchmark import BenchmarkConfig, benchmark_recipe, simulate_dataset
 from cryonoo.eval.latent import latent_shift_with_null
 from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
-from cryonoo.eval.report import _json_ready
+from cryonoo.experiments.benchmark import BenchmarkConfig, benchmark_recipe, simulate_dataset
+from cryonoo.experiments.report import _json_ready
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir

@@ -154,8 +154,8 @@ def label_ceiling(
     reference:
         The benchmark's dataset directory (``train`` and ``test`` splits, ``labels.npy``).
     bench:
-        A :class:`~cryonoo.eval.benchmark.BenchmarkConfig` (phantom, box, SNR, image count and
-        the encoder's architecture).
+        A :class:`~cryonoo.experiments.benchmark.BenchmarkConfig` (phantom, box, SNR, image count
+        and the encoder's architecture).
     seed:
         The benchmark's seed (the fresh images use ``seed + config.seed_offset``).
     pose:

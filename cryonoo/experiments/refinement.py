@@ -43,7 +43,7 @@ import torch
 
 from cryonoo.eval.labels import label_recovery
 from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
-from cryonoo.eval.report import _json_ready
+from cryonoo.experiments.report import _json_ready
 from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.models.autodecoder import AutoDecoder

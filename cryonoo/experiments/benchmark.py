@@ -19,9 +19,9 @@ import numpy as np
 
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
-from cryonoo.eval.ceiling import CeilingConfig, label_ceiling
-from cryonoo.eval.overview import plot_overview
-from cryonoo.eval.report import evaluate_run
+from cryonoo.experiments.ceiling import CeilingConfig, label_ceiling
+from cryonoo.experiments.overview import plot_overview
+from cryonoo.experiments.report import evaluate_run
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import open_dataset
 from cryonoo.train.recipes import TrainConfig, get_recipe
@@ -61,7 +61,7 @@ class BenchmarkConfig:
     batch_size: int = 64
     precision: str = "auto"  # the networks' precision (cryonoo.train.precision)
     kmeans_k: tuple[int, ...] = (5,)
-    ceiling: bool = True  # also train the supervised oracle encoder (cryonoo.eval.ceiling)
+    ceiling: bool = True  # also train the supervised oracle encoder (cryonoo.experiments.ceiling)
 
     @property
     def warmup(self) -> int:
@@ -115,9 +115,9 @@ def run_benchmark(
 
     With ``config.ceiling`` each seed's results also hold ``"ceiling"``: the held-out label
     recovery of a supervised encoder of the recipes' size trained on fresh images with the true
-    labels (:func:`cryonoo.eval.ceiling.label_ceiling`), the figure unseen recovery is read
+    labels (:func:`cryonoo.experiments.ceiling.label_ceiling`), the figure unseen recovery is read
     against. ``overview_seed{seed}.png`` shows every recipe's seen and unseen latents and the
-    maps decoded from a few unseen images (:func:`cryonoo.eval.overview.plot_overview`).
+    maps decoded from a few unseen images (:func:`cryonoo.experiments.overview.plot_overview`).
     ``results.json`` holds everything.
     """
     say = log or (lambda _msg: None)

@@ -116,7 +116,7 @@ def plot_overview(
     """Write the overview PNG for the recipes in ``runs`` (``{recipe: run_dir}``).
 
     Each run directory must hold ``eval/z.train.pkl`` and ``eval/z.test.pkl`` (written by
-    :func:`cryonoo.eval.report.evaluate_run`); ``metrics`` holds each recipe's
+    :func:`cryonoo.experiments.report.evaluate_run`); ``metrics`` holds each recipe's
     ``metrics.json`` content (for the label R²); ``data_dir`` is the simulated dataset with
     ``labels.npy``, ``split.npz`` and ``gt/vol_*.mrc``. Returns the written path.
     """
