@@ -288,6 +288,10 @@ RECIPES: dict[str, TrainConfig] = {
     "sleep-8v-pv": _views_per_pose("sleep-8v-pv", 8),
     "sleep-8v-pv-an": _views_per_pose("sleep-8v-pv-an", 8, anchor_noise=0.7),
     "sleep-8v-pv-an1": _views_per_pose("sleep-8v-pv-an1", 8, anchor_noise=1.0),
+    # wake-sleep with per-pose multi-view dreams: after warm-up the encoder learns from the
+    # dreams alone (Round G)
+    "wake-sleep-4v-pv": _views_per_pose("wake-sleep-4v-pv", 4, encoder_from_ssl_only=True),
+    "wake-sleep-8v-pv": _views_per_pose("wake-sleep-8v-pv", 8, encoder_from_ssl_only=True),
     # decoupled weight decay on the encoder alone: weights only training images excite decay
     # (Round G)
     "sleep-4v-pv-ewd1": _views_per_pose("sleep-4v-pv-ewd1", 4, encoder_weight_decay=1.0),
