@@ -189,25 +189,37 @@ class ReconstructionModel(Protocol):
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Maps preprocessed images to ``2·zdim`` numbers (mean and log-variance)."""
+    """An ``ENCODERS`` entry: maps a model's encoder input to a Gaussian posterior.
+
+    ``input_kind`` says what the model feeds it: ``"points"`` — ``(B, n_in)`` the in-mask
+    lattice values of the phase-flipped images (cryoDRGN's encoder input), or ``"image"`` —
+    ``(B, D, D)`` those values scattered back onto the lattice. An encoder with the class
+    attribute ``needs_pose = True`` is called as ``encoder(x, rot)`` with the ``(B, 3, 3)``
+    poses (see :mod:`cryonoo.models.encoders`).
+    """
 
     zdim: int
+    input_kind: str
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, D, D)`` → ``((B, zdim) mean, (B, zdim) log-variance)``.
-
-        An encoder with the class attribute ``needs_pose = True`` is called as
-        ``encoder(images, rot)`` with the ``(B, 3, 3)`` poses (see
-        :mod:`cryonoo.models.encoders`)."""
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """→ ``((B, zdim) mean, (B, zdim) log-variance)``."""
         ...
 
 
 @runtime_checkable
 class Decoder(Protocol):
-    """An implicit volume: values of the 3-D spectrum at arbitrary frequencies for a latent."""
+    """A ``DECODERS`` entry: an implicit volume, the 3-D Hartley spectrum at any frequency for a
+    latent (``zdim`` 0: homogeneous, ``z`` is ``None``)."""
 
-    def __call__(self, coords: Tensor, z: Tensor | None) -> Tensor:
-        """``(B, N, 3)`` frequencies in cycles/pixel, ``(B, zdim)`` → ``(B, N)`` Hartley values."""
+    zdim: int
+
+    def __call__(self, coords: Tensor, z: Tensor | None, *, validate: bool = True) -> Tensor:
+        """``(B, N, 3)`` frequencies in cycles/pixel on the lattice's ``[-0.5, 0.5]`` cube and
+        ``(B, zdim)`` latents → ``(B, N)`` Hartley values; ``validate`` checks the inputs."""
+        ...
+
+    def volume(self, z: Tensor | None, D: int | None = None, norm_std: float = 1.0) -> Tensor:
+        """The real-space ``(D−1, D−1, D−1)`` map (``[z, y, x]``) of one latent."""
         ...
 
 

@@ -46,7 +46,11 @@ def _check_step(model) -> None:
 
 
 def exercise_encoder(name: str) -> None:
+    from cryonoo.types import Encoder
+
     model = _vae(encoder=name)
+    assert isinstance(model.encoder, Encoder) and model.encoder.zdim == 2
+    assert model.encoder.input_kind in ("points", "image")
     _check_step(model)
     b = _batch()  # encode with the poses: a pose-conditioned encoder (needs_pose) needs them
     z = model.encode(b.images, b.ctf, b.trans, rot=b.rot)
@@ -54,7 +58,14 @@ def exercise_encoder(name: str) -> None:
 
 
 def exercise_decoder(name: str) -> None:
-    _check_step(_vae(decoder=name))
+    from cryonoo.types import Decoder
+
+    model = _vae(decoder=name)
+    assert isinstance(model.decoder, Decoder) and model.decoder.zdim == 2
+    coords = torch.rand(6, 5, 3, generator=GEN) - 0.5
+    assert model.decoder(coords, torch.randn(6, 2, generator=GEN)).shape == (6, 5)
+    assert model.decoder.volume(torch.zeros(2)).shape == (D - 1,) * 3
+    _check_step(model)
 
 
 def exercise_positional(name: str) -> None:
