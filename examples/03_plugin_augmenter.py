@@ -2,10 +2,10 @@
 
 ``BandLimit`` makes each view the training image low-passed at a random radius, plus noise of
 the data's own σ. It registers in :data:`cryonoo.ssl.augment.AUGMENTERS` under a name, declares
-what it needs from the run (``uses_data_sigma = True``: the trainer passes ``sigma`` and
-``noise_factors``, one view per factor), and any recipe can then use it by that name. In a
-package of your own, make the registration an entry point so `cryonoo list` and every
-``cryonoo train --set ssl.augment=…`` see it without an import::
+what it needs from the run (``run_context = ("sigma", "noise_factors")``: the trainer passes
+the data's σ and the recipe's noise factors, one view per factor), and any recipe can then use
+it by that name. In a package of your own, make the registration an entry point so that
+`cryonoo list` and every ``cryonoo train --set ssl.augment=…`` see it without an import::
 
     [project.entry-points."cryonoo.plugins"]
     my_parts = "my_package.augmenters"
@@ -36,7 +36,7 @@ class BandLimit:
     """Views ``(J, B, D, D)``: the image low-passed at radius ``U(min_radius, D/2)`` pixels
     (a disk in the data domain, the centred Hartley lattice), plus noise of std ``f_j·σ``."""
 
-    uses_data_sigma = True  # the trainer passes sigma (data domain) and noise_factors
+    run_context = ("sigma", "noise_factors")  # what the trainer passes (augment.RUN_CONTEXT)
     views_from_input = True  # views derive from batch.images (re-centred here)
 
     def __init__(self, sigma: float, noise_factors=(1.0, 1.0), min_radius: float = 3.0) -> None:

@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,7 @@ from cryonoo.types import Batch, ReconstructionModel, StepOutput, Views
 
 __all__ = [
     "AUGMENTERS",
+    "RUN_CONTEXT",
     "CropFlipRotate",
     "Dream",
     "NoiseAugment",
@@ -105,10 +107,29 @@ __all__ = [
     "from_real_space",
     "inplane_pose",
     "recenter",
+    "run_context_of",
     "to_real_space",
 ]
 
 AUGMENTERS: Registry = Registry("augmenter")
+
+#: what a training run can pass an augmenter: the data's noise σ (data-domain units), the
+#: recipe's noise factors (one view each), their number, and whether renderings are detached.
+#: An augmenter names what it takes in its ``run_context`` attribute; without one it takes
+#: ``("sigma", "noise_factors")`` when ``uses_data_sigma`` is set, else ``("num_views",)``.
+RUN_CONTEXT = ("sigma", "noise_factors", "num_views", "detach_render")
+
+
+def run_context_of(augmenter: Any) -> tuple[str, ...]:
+    """The run-context keys an augmenter (class or instance) takes (see :data:`RUN_CONTEXT`)."""
+    declared = getattr(augmenter, "run_context", None)
+    if declared is None:
+        uses_sigma = getattr(augmenter, "uses_data_sigma", False)
+        declared = ("sigma", "noise_factors") if uses_sigma else ("num_views",)
+    unknown = sorted(set(declared) - set(RUN_CONTEXT))
+    if unknown:
+        raise ValueError(f"{augmenter!r}: unknown run_context {unknown}; known: {RUN_CONTEXT}")
+    return tuple(declared)
 
 
 def to_real_space(x: Tensor) -> Tensor:
@@ -286,6 +307,8 @@ class ReprojectNoise(_NoiseFactorViews):
 
     #: the noise std is the data's own σ: the trainer passes ``sigma`` (see recipes)
     uses_data_sigma = True
+    #: what the trainer passes from the run (:data:`RUN_CONTEXT`)
+    run_context = ("sigma", "noise_factors", "detach_render")
     #: views are centred renderings, encoded without a translation
     views_from_input = False
 

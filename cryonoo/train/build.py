@@ -20,7 +20,7 @@ from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
 from cryonoo.models.zoo import MODELS, RECONSTRUCTION_MODELS
-from cryonoo.ssl.augment import AUGMENTERS
+from cryonoo.ssl.augment import AUGMENTERS, run_context_of
 from cryonoo.ssl.distill import SelfDistillation
 from cryonoo.train.cryodrgn_init import load_cryodrgn_weights
 from cryonoo.train.distributed import DistInfo, ShardedBatchSampler
@@ -49,27 +49,24 @@ PlateauScheduler = torch.optim.lr_scheduler.ReduceLROnPlateau
 
 
 def needs_data_sigma(config: TrainConfig) -> bool:
-    """Whether the recipe's augmenter takes the data's noise σ (its ``uses_data_sigma`` flag)."""
-    return config.uses_ssl and _augmenter_uses_data_sigma(config.augment)
-
-
-def _augmenter_uses_data_sigma(augment: str) -> bool:
-    return bool(getattr(AUGMENTERS.get(augment), "uses_data_sigma", False))
+    """Whether the recipe's augmenter takes the data's noise σ (``"sigma"`` in its run
+    context, :func:`cryonoo.ssl.augment.run_context_of`)."""
+    return config.uses_ssl and "sigma" in run_context_of(AUGMENTERS.get(config.augment))
 
 
 def _augmenter_kwargs(config: TrainConfig, noise_sigma: float | None) -> dict[str, Any]:
-    """The augmenter's constructor arguments: the data's σ and the noise factors (or the number
-    of views), then ``config.augment_options``."""
-    if _augmenter_uses_data_sigma(config.augment):
-        if noise_sigma is None:
-            raise ValueError(f"augmenter {config.augment!r} needs the noise σ of the data")
-        kwargs: dict[str, Any] = {"sigma": noise_sigma, "noise_factors": config.noise_factors}
-        if config.augment == "reproject-noise":
-            kwargs["detach_render"] = config.detach_render
-    else:
-        kwargs = {"num_views": len(config.noise_factors)}
-    kwargs.update(config.augment_options)
-    return kwargs
+    """The augmenter's constructor arguments: the run context it declares (σ, noise factors,
+    number of views, detach_render), then ``config.augment_options``."""
+    takes = run_context_of(AUGMENTERS.get(config.augment))
+    if "sigma" in takes and noise_sigma is None:
+        raise ValueError(f"augmenter {config.augment!r} needs the noise σ of the data")
+    context = {
+        "sigma": noise_sigma,
+        "noise_factors": config.noise_factors,
+        "num_views": len(config.noise_factors),
+        "detach_render": config.detach_render,
+    }
+    return {**{key: context[key] for key in takes}, **config.augment_options}
 
 
 def build_model(

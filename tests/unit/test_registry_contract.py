@@ -111,10 +111,11 @@ def exercise_ssl(name: str) -> None:
 
 
 def exercise_augmenter(name: str) -> None:
-    from cryonoo.ssl.augment import AUGMENTERS
+    from cryonoo.ssl.augment import AUGMENTERS, run_context_of
     from cryonoo.ssl.distill import SelfDistillation
 
-    kwargs = {"sigma": 0.5} if getattr(AUGMENTERS.get(name), "uses_data_sigma", False) else {}
+    context = {"sigma": 0.5, "noise_factors": (1.0, 2.0), "num_views": 2, "detach_render": True}
+    kwargs = {key: context[key] for key in run_context_of(AUGMENTERS.get(name))}
     # a pose-conditioned encoder too: every augmenter must state its views' poses
     for encoder in ("resid-mlp", "pose-mlp"):
         model = SelfDistillation(

@@ -18,6 +18,7 @@ from cryonoo.ssl import (
     parse_spec,
     to_real_space,
 )
+from cryonoo.ssl.augment import run_context_of
 from cryonoo.types import Batch, StepOutput
 
 BOX = 16
@@ -233,7 +234,7 @@ def test_crop_flip_rotate_flip_and_pad():
 
 @pytest.mark.parametrize("name", AUGMENTERS.names())
 def test_every_augmenter_runs(name):
-    kwargs = {"sigma": 0.3} if getattr(AUGMENTERS.get(name), "uses_data_sigma", False) else {}
+    kwargs = {"sigma": 0.3} if "sigma" in run_context_of(AUGMENTERS.get(name)) else {}
     aug = AUGMENTERS.build(name, **kwargs)
     batch = make_batch(n=3, ctf=False)
     model = RenderOnly()
@@ -270,3 +271,22 @@ def test_reproject_noise_random_pose_renders_new_views():
     assert views.shape == (3, 4, 9, 9) and torch.allclose(views, torch.zeros_like(views), atol=1e-5)
     with pytest.raises(ValueError, match="pose"):
         ReprojectNoise(sigma=0.1, pose="tilted")
+
+
+def test_run_context_is_declared_or_derived():
+    from cryonoo.ssl.augment import ReprojectNoise
+
+    class Plain:
+        pass
+
+    class Sigma:
+        uses_data_sigma = True
+
+    class Bad:
+        run_context = ("sigma", "temperature")
+
+    assert run_context_of(ReprojectNoise) == ("sigma", "noise_factors", "detach_render")
+    assert run_context_of(Plain) == ("num_views",)
+    assert run_context_of(Sigma) == ("sigma", "noise_factors")
+    with pytest.raises(ValueError, match=r"unknown run_context.*temperature"):
+        run_context_of(Bad)
