@@ -50,40 +50,30 @@ def _run_training(
     cryodrgn: CryoDRGNStart | None = None,
 ) -> None:
     """Shared body of ``train`` and ``ablate`` (``cryodrgn``: the cryoDRGN run to start from)."""
-    import numpy as np
-
-    from cryonoo.io.dataset import open_dataset
-    from cryonoo.train.checkpoint import checkpoint_epochs
     from cryonoo.train.distributed import shutdown_distributed
-    from cryonoo.train.plan import resumed_norm_std
+    from cryonoo.train.plan import DROPPED_LIST, open_training_data
     from cryonoo.train.trainer import NonFiniteLossError, train
 
     ind = _resolve_particles(particles, ind)
-    norm_std = resumed_norm_std(outdir) if resume else None
-    done_epochs = checkpoint_epochs(outdir)[-1] if resume and checkpoint_epochs(outdir) else 0
-    if norm_std is None and cryodrgn is not None:
-        norm_std = cryodrgn.norm_std  # the normalization the cryoDRGN weights expect
     try:
-        dataset = open_dataset(
+        dataset = open_training_data(
+            config,
             particles,
             poses,
             ctf,
             ind=ind,
+            run_dir=outdir,
+            resume=resume,
+            cryodrgn_norm_std=None if cryodrgn is None else cryodrgn.norm_std,
             datadir=datadir,
-            lazy=config.lazy,
-            preprocessing=config.preprocessing(),
-            norm_std=norm_std,
-            ctf_rescale=config.ctf_rescale,
             drop_bad=drop_bad,
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
     if dataset.dropped.size:
-        outdir.mkdir(parents=True, exist_ok=True)
-        np.savetxt(outdir / "dropped_particles.txt", dataset.dropped, fmt="%d")
         console.print(
             f"[yellow]left out {dataset.dropped.size} particles with NaN/Inf or constant "
-            f"pixels[/] (listed in {outdir / 'dropped_particles.txt'})"
+            f"pixels[/] (listed in {outdir / DROPPED_LIST})"
         )
     info = {"particles": str(particles), "poses": str(poses), "ctf": str(ctf), "ind": ind}
     run_kw = {
@@ -104,9 +94,20 @@ def _run_training(
         f"[bold]{config.name}[/]: {len(dataset):,} particles of {dataset.box} px "
         f"({'lazy' if dataset.lazy else 'in memory'}), {config.epochs} epochs → {outdir}"
     )
+    result = _train_with_progress(config, dataset, outdir, resume, run_kw)
+    shutdown_distributed()
+    console.print(_summary_table(config.name, outdir, result.stats))
+
+
+def _train_with_progress(config, dataset, outdir: Path, resume: bool, run_kw: dict):
+    """``train`` under a progress bar; every failure a clear message (and what is kept)."""
+    from cryonoo.train.checkpoint import checkpoint_epochs
+    from cryonoo.train.trainer import NonFiniteLossError, train
+
+    done = checkpoint_epochs(outdir)[-1] if resume and checkpoint_epochs(outdir) else 0
     with _progress() as progress:
         task = progress.add_task(
-            "training", total=config.epochs * len(dataset), completed=done_epochs * len(dataset)
+            "training", total=config.epochs * len(dataset), completed=done * len(dataset)
         )
 
         def on_step(event: dict) -> None:
@@ -121,7 +122,7 @@ def _run_training(
             )
 
         try:
-            result = train(config, dataset, outdir, on_step=on_step, **run_kw)
+            return train(config, dataset, outdir, on_step=on_step, **run_kw)
         except (FileExistsError, ValueError) as exc:
             _fail(str(exc))
         except NonFiniteLossError as exc:
@@ -146,21 +147,22 @@ def _run_training(
                 f"{outdir / 'interrupted.pt'}; continue with the same command plus --resume"
             )
             raise typer.Exit(code=130) from None
-    shutdown_distributed()
-    table = Table(title=f"{config.name}: {outdir}")
-    keys = [
-        k for k in ("loss", "recon", "kld", "ssl/loss") if result.stats and k in result.stats[-1]
-    ]
+
+
+def _summary_table(name: str, outdir: Path, stats: list[dict]) -> Table:
+    """The last five epochs: losses, learning rate, throughput."""
+    table = Table(title=f"{name}: {outdir}")
+    keys = [k for k in ("loss", "recon", "kld", "ssl/loss") if stats and k in stats[-1]]
     for col in ["epoch", *keys, "lr", "images/s"]:
         table.add_column(col, justify="right")
-    for rec in result.stats[-min(5, len(result.stats)) :]:
+    for rec in stats[-min(5, len(stats)) :]:
         table.add_row(
             str(rec["epoch"]),
             *(f"{rec[k]:.5g}" if k in rec else "–" for k in keys),
             f"{rec['lr']:.2g}",
             f"{rec['images_per_s'] or 0:.1f}",
         )
-    console.print(table)
+    return table
 
 
 _PARTICLES = typer.Argument(help="Stack (.mrcs/.txt/.star/.cs) or a dataset directory.")

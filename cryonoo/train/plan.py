@@ -30,7 +30,17 @@ from cryonoo.train.distributed import DistInfo, init_distributed
 from cryonoo.train.encode import resolve_device
 from cryonoo.train.recipes import TrainConfig
 
-__all__ = ["RunPlan", "estimate_data_sigma", "plan_run", "resumed_norm_std"]
+__all__ = [
+    "DROPPED_LIST",
+    "RunPlan",
+    "estimate_data_sigma",
+    "open_training_data",
+    "plan_run",
+    "resumed_norm_std",
+]
+
+#: the particles ``drop_bad`` left out, one dataset index per line
+DROPPED_LIST = "dropped_particles.txt"
 
 
 @dataclass(frozen=True)
@@ -172,3 +182,46 @@ def plan_run(
         noise_sigma_data=None if sigma is None else sigma / dataset.norm_std,
         cryodrgn_run=Path(init_from) if init_from is not None and state is None else None,
     )
+
+
+def open_training_data(
+    config: TrainConfig,
+    particles: str | os.PathLike[str],
+    poses: str | os.PathLike[str] | None = None,
+    ctf: str | os.PathLike[str] | None = None,
+    *,
+    ind: str | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    cryodrgn_norm_std: float | None = None,
+    datadir: str | os.PathLike[str] | None = None,
+    drop_bad: bool = False,
+) -> ParticleDataset:
+    """The particles a run trains on, opened as the run needs them.
+
+    The recipe's preprocessing, laziness and CTF rescaling; the normalization a resumed run was
+    trained with (else the one of the cryoDRGN run it starts from, ``cryodrgn_norm_std``, else
+    estimated from the images). With ``drop_bad`` the particles left out (NaN/Inf or constant
+    pixels) are listed in ``run_dir/dropped_particles.txt``.
+    """
+    from cryonoo.io.dataset import open_dataset
+
+    norm_std = resumed_norm_std(run_dir) if resume and run_dir is not None else None
+    if norm_std is None:
+        norm_std = cryodrgn_norm_std
+    dataset = open_dataset(
+        particles,
+        poses,
+        ctf,
+        ind=ind,
+        datadir=datadir,
+        lazy=config.lazy,
+        preprocessing=config.preprocessing(),
+        norm_std=norm_std,
+        ctf_rescale=config.ctf_rescale,
+        drop_bad=drop_bad,
+    )
+    if dataset.dropped.size and run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        np.savetxt(Path(run_dir) / DROPPED_LIST, dataset.dropped, fmt="%d")
+    return dataset
