@@ -296,6 +296,12 @@ RECIPES: dict[str, TrainConfig] = {
     # (Round G)
     "sleep-4v-pv-ewd1": _views_per_pose("sleep-4v-pv-ewd1", 4, encoder_weight_decay=1.0),
     "sleep-4v-pv-ewd5": _views_per_pose("sleep-4v-pv-ewd5", 4, encoder_weight_decay=5.0),
+    "sleep-4v-pv-an-ewd1": _views_per_pose(
+        "sleep-4v-pv-an-ewd1", 4, anchor_noise=0.7, encoder_weight_decay=1.0
+    ),
+    "sleep-8v-pv-an-ewd1": _views_per_pose(
+        "sleep-8v-pv-an-ewd1", 8, anchor_noise=0.7, encoder_weight_decay=1.0
+    ),
 }
 
 
