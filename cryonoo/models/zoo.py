@@ -14,7 +14,7 @@ from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
 from cryonoo.registry import Registry
 
-__all__ = ["MODELS", "RECONSTRUCTION_MODELS"]
+__all__ = ["MODELS", "reconstruction_models"]
 
 MODELS: Registry = Registry("model")
 MODELS.add("vae", HetVAE, help="Amortized heterogeneous VAE (cryoDRGN's HetOnlyVAE).")
@@ -24,5 +24,8 @@ MODELS.add(
     help="Autodecoder: a learned latent per training image, test-time optimization for new ones.",
 )
 
-#: the classes a (possibly wrapped) trained model is unwrapped to: every registered model
-RECONSTRUCTION_MODELS: tuple[type, ...] = tuple(MODELS.get(name) for name in MODELS.names())
+
+def reconstruction_models() -> tuple[type, ...]:
+    """The classes a (possibly wrapped) trained model is unwrapped to: every model registered
+    now, plug-ins' included (classes only; a factory function is skipped)."""
+    return tuple(obj for obj in map(MODELS.get, MODELS.names()) if isinstance(obj, type))

@@ -19,7 +19,7 @@ from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
-from cryonoo.models.zoo import MODELS, RECONSTRUCTION_MODELS
+from cryonoo.models.zoo import MODELS, reconstruction_models
 from cryonoo.ssl.augment import AUGMENTERS, run_context_of
 from cryonoo.ssl.distill import SelfDistillation
 from cryonoo.train.cryodrgn_init import load_cryodrgn_weights
@@ -124,7 +124,7 @@ def build_model(
 
 def base_model(model: nn.Module) -> HetVAE | AutoDecoder:
     """The reconstruction model inside a (possibly wrapped, possibly DDP) model."""
-    while not isinstance(model, RECONSTRUCTION_MODELS):
+    while not isinstance(model, reconstruction_models()):
         inner = getattr(model, "module", None) or getattr(model, "model", None)
         if inner is None:
             raise TypeError(f"no reconstruction model inside {type(model).__name__}")

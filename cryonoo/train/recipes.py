@@ -117,6 +117,9 @@ class TrainConfig:
             values = {name: getattr(self, name) for name in bad}
             raise ValueError(f"invalid training settings: {values}")
         object.__setattr__(self, "noise_factors", tuple(float(f) for f in self.noise_factors))
+        # own copies: recipes derived with `replace` must not share (and mutate) one dict
+        object.__setattr__(self, "ssl_options", dict(self.ssl_options))
+        object.__setattr__(self, "augment_options", dict(self.augment_options))
 
     @property
     def uses_ssl(self) -> bool:

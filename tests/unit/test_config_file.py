@@ -125,3 +125,12 @@ def test_describe_recipe_names_its_nearest_parent():
     assert describe_recipe("sleep-8v-pv-an") == "sleep-8v-pv + ssl.anchor_noise=0.7"
     assert describe_recipe("simsiam") == 'cryonoo + ssl.objective="simsiam"'
     assert describe_recipe("cryonoo").startswith("the reference recipe")
+
+
+def test_derived_recipes_do_not_share_option_dicts():
+    base = get_recipe("sleep-4v-pv")
+    derived = replace(base, name="other")
+    assert derived.augment_options == base.augment_options
+    assert derived.augment_options is not base.augment_options
+    derived.augment_options["poses"] = "same"  # a caller's mutation stays its own
+    assert get_recipe("sleep-4v-pv").augment_options == {"poses": "per-view"}
