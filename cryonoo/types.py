@@ -11,7 +11,7 @@ VAE that is the normalized, symmetrized, centered Hartley transform on the ``D �
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ __all__ = [
     "ReconstructionModel",
     "SSLObjective",
     "StepOutput",
+    "TrainableModel",
     "Views",
 ]
 
@@ -184,6 +185,22 @@ class ReconstructionModel(Protocol):
     def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
         """``(B, zdim)``, ``(B, 3, 3)``, ``(B, 8)`` → ``(B, D, D)`` CTF-modulated images in the
         data domain, zero outside the decoder's mask."""
+        ...
+
+
+@runtime_checkable
+class TrainableModel(ReconstructionModel, Protocol):
+    """A :class:`ReconstructionModel` ``cryonoo train`` can train, save and load by name: it is
+    registered in ``MODELS`` (``--set model.kind=NAME``), has ``zdim`` and ``config()`` — the
+    keyword arguments that rebuild it (saved in the run's ``config.json``). Its constructor
+    takes whichever run settings it names (``D``, ``zdim``, ``enc_dim``, …). Latents are its
+    ``encode`` means, or ``encode_distribution(images, ctf, trans, rot) → (mu, logvar)`` when
+    it has one. ``examples/05_plugin_model_from_the_cli.py`` trains such a model."""
+
+    zdim: int
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments that rebuild this model."""
         ...
 
 

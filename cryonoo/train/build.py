@@ -100,7 +100,7 @@ def build_model(
     )
     if not config.uses_ssl:
         return vae
-    if not isinstance(vae, HetVAE):
+    if isinstance(vae, AutoDecoder) or not hasattr(vae, "encode"):
         raise ValueError(
             f"recipe {config.name!r}: self-distillation needs an encoder, the {config.model!r} "
             "model has none; set ssl=None (or --ssl none) for it"

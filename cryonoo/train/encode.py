@@ -13,6 +13,7 @@ import torch
 from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
+from cryonoo.types import ReconstructionModel
 
 __all__ = ["encode_dataset", "resolve_device"]
 
@@ -29,13 +30,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 @torch.no_grad()
 def encode_dataset(
-    model: HetVAE, dataset: ParticleDataset, device: torch.device, batch_size: int = 512
-) -> tuple[np.ndarray, np.ndarray]:
+    model: HetVAE | ReconstructionModel,
+    dataset: ParticleDataset,
+    device: torch.device,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Posterior ``(mu, logvar)`` of every particle of ``dataset`` in dataset order.
 
-    Each ``(N, zdim)`` float32. Every batch is encoded with its CTF, shifts (pixels) and poses
-    (``Batch.rot``, ``(B, 3, 3)``): a pose-conditioned encoder (``pose-mlp``) needs them, the
-    others ignore them. A dataset opened without poses has identity rotations, which a
+    Each ``(N, zdim)`` float32; a model without ``encode_distribution`` (any other
+    :class:`~cryonoo.types.ReconstructionModel`) gives its ``encode`` means and ``None``.
+    Every batch is encoded with its CTF, shifts (pixels) and poses (``Batch.rot``,
+    ``(B, 3, 3)``): a pose-conditioned encoder (``pose-mlp``) needs them, the others ignore
+    them. A dataset opened without poses has identity rotations, which a
     pose-conditioned encoder would take at face value."""
     if isinstance(model, AutoDecoder):
         raise ValueError(
@@ -45,13 +51,18 @@ def encode_dataset(
     was_training = model.training
     model.eval()
     mus, logvars = [], []
+    posterior = hasattr(model, "encode_distribution")  # else: a plain `encode` (means only)
     for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
         b = batch.to(device)
-        mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans, b.rot)
+        if posterior:
+            mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans, b.rot)
+            logvars.append(logvar.float().cpu())
+        else:
+            mu = model.encode(b.images, b.ctf, b.trans)
         mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
     model.train(was_training)
     zdim = model.zdim
     if not mus:
-        return np.zeros((0, zdim), np.float32), np.zeros((0, zdim), np.float32)
-    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+        empty = np.zeros((0, zdim), np.float32)
+        return empty, (empty.copy() if posterior else None)
+    return torch.cat(mus).numpy(), (torch.cat(logvars).numpy() if posterior else None)
