@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cryonoo.train.recipes import RECIPES, TrainConfig, get_recipe
+from cryonoo.train.recipes import ARCHITECTURE_FIELDS, RECIPES, TrainConfig, get_recipe
 
 __all__ = [
     "ALIASES",
@@ -45,18 +45,7 @@ __all__ = [
 #: every TrainConfig field (but ``name``) in exactly one section
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": (
-        "model",
-        "zdim",
-        "encoder",
-        "decoder",
-        "enc_layers",
-        "enc_dim",
-        "dec_layers",
-        "dec_dim",
-        "pe_type",
-        "pe_dim",
-        "feat_sigma",
-        "activation",
+        *(name for name in ARCHITECTURE_FIELDS if name not in ("ssl", "head")),
         "beta",
         "latent_lr",
         "latent_l2",

@@ -29,7 +29,7 @@ from typing import Any
 from cryonoo.io.dataset import Preprocessing
 from cryonoo.train.precision import PRECISIONS
 
-__all__ = ["RECIPES", "RECOMMENDED", "TrainConfig", "get_recipe"]
+__all__ = ["ARCHITECTURE_FIELDS", "RECIPES", "RECOMMENDED", "TrainConfig", "get_recipe"]
 
 
 @dataclass(frozen=True)
@@ -156,23 +156,26 @@ class TrainConfig:
 
     def model_fields(self) -> dict[str, Any]:
         """The settings that define the network architecture (must match to resume)."""
-        keys = (
-            "model",
-            "zdim",
-            "encoder",
-            "decoder",
-            "enc_layers",
-            "enc_dim",
-            "dec_layers",
-            "dec_dim",
-            "pe_type",
-            "pe_dim",
-            "feat_sigma",
-            "activation",
-            "ssl",
-            "head",
-        )
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in ARCHITECTURE_FIELDS}
+
+
+#: the TrainConfig fields that define the networks (a run resumes only with the same values)
+ARCHITECTURE_FIELDS = (
+    "model",
+    "zdim",
+    "encoder",
+    "decoder",
+    "enc_layers",
+    "enc_dim",
+    "dec_layers",
+    "dec_dim",
+    "pe_type",
+    "pe_dim",
+    "feat_sigma",
+    "activation",
+    "ssl",
+    "head",
+)
 
 
 _CRYONOO = TrainConfig(plateau_on="total")  # the paper's scheduler watches the total loss
