@@ -53,6 +53,13 @@ PRECISION_OPTION = typer.Option(
 )
 """The ``--precision`` option of every training command (``cryonoo.train.precision``)."""
 
+SETTINGS_OPTION = typer.Option(
+    "--set",
+    help="One training setting for every recipe, section.key=value (e.g. ssl.weight=0.5, "
+    "optim.lr=3e-4; `cryonoo config RECIPE` lists them); repeatable.",
+)
+"""The ``--set`` option of the commands that train several recipes (demo, bench)."""
+
 
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")

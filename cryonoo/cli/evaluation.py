@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cryonoo.cli import PRECISION_OPTION, _fail, _progress, app, console
+from cryonoo.cli import PRECISION_OPTION, SETTINGS_OPTION, _fail, _progress, app, console
 
 bench_app = typer.Typer(help="Benchmarks: generalization, inference, encode.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -130,6 +130,7 @@ def demo(
     precision: Annotated[
         str | None, typer.Option("--precision", help="Network precision (default: demo).")
     ] = None,
+    sets: Annotated[list[str] | None, SETTINGS_OPTION] = None,
 ) -> None:
     """The main job: does self-distillation generalize better than the plain VAE?
 
@@ -165,6 +166,7 @@ def demo(
         n_conformations=n_conformations,
         precision=precision or _demo_precision(device),
         ceiling=ceiling,
+        settings=tuple(sets or ()),
     )
     results = _run_with_progress(outdir, names, [seed], config, device)
     per_seed = dict(results[str(seed)])
@@ -241,6 +243,7 @@ def bench_generalization(
     ] = True,
     device: Annotated[str, typer.Option()] = "auto",
     precision: Annotated[str | None, PRECISION_OPTION] = None,
+    sets: Annotated[list[str] | None, SETTINGS_OPTION] = None,
 ) -> None:
     """Generalization over several seeds and recipes: mean ± std across seeds.
 
@@ -266,6 +269,7 @@ def bench_generalization(
         n_conformations=n_conformations,
         precision=precision,
         ceiling=ceiling,
+        settings=tuple(sets or ()),
     )
     seed_list = list(range(first_seed, first_seed + seeds))
     results = _run_with_progress(outdir, names, seed_list, config, device)

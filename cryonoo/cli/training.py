@@ -15,6 +15,7 @@ from cryonoo.cli import PRECISION_OPTION, _fail, _progress, app, console
 
 if TYPE_CHECKING:
     from cryonoo.train.cryodrgn_init import CryoDRGNStart
+    from cryonoo.train.plan import ParticleSource
 
 
 def _recipe_names() -> list[str]:
@@ -26,27 +27,14 @@ def _recipe_names() -> list[str]:
 RecipeName = enum.Enum("RecipeName", {n: n for n in _recipe_names()}, type=str)
 
 
-def _resolve_particles(particles: Path, ind: str | None) -> str | None:
-    """Dataset directories train on their 'train' split unless told otherwise."""
-    from cryonoo.io.dataset_dir import is_dataset_dir
-
-    if ind is None and is_dataset_dir(particles):
-        return "train"
-    return None if ind == "all" else ind
-
-
 def _run_training(
     config,
-    particles: Path,
-    poses: Path | None,
-    ctf: Path | None,
-    ind: str | None,
+    source: ParticleSource,
     outdir: Path,
+    *,
     device: str,
     resume: bool,
     force: bool,
-    datadir: Path | None,
-    drop_bad: bool = False,
     cryodrgn: CryoDRGNStart | None = None,
 ) -> None:
     """Shared body of ``train`` and ``ablate`` (``cryodrgn``: the cryoDRGN run to start from)."""
@@ -54,19 +42,13 @@ def _run_training(
     from cryonoo.train.plan import DROPPED_LIST, open_training_data
     from cryonoo.train.trainer import NonFiniteLossError, train
 
-    ind = _resolve_particles(particles, ind)
     try:
         dataset = open_training_data(
             config,
-            particles,
-            poses,
-            ctf,
-            ind=ind,
+            source,
             run_dir=outdir,
             resume=resume,
             cryodrgn_norm_std=None if cryodrgn is None else cryodrgn.norm_std,
-            datadir=datadir,
-            drop_bad=drop_bad,
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
@@ -75,12 +57,11 @@ def _run_training(
             f"[yellow]left out {dataset.dropped.size} particles with NaN/Inf or constant "
             f"pixels[/] (listed in {outdir / DROPPED_LIST})"
         )
-    info = {"particles": str(particles), "poses": str(poses), "ctf": str(ctf), "ind": ind}
     run_kw = {
         "device": device,
         "resume": resume,
         "force": force,
-        "data_info": info,
+        "data_info": source.describe(),
         "init_from": None if cryodrgn is None else cryodrgn.run_dir,
     }
     if int(os.environ.get("RANK", "0")) != 0:  # a torchrun worker: rank 0 reports
@@ -256,10 +237,9 @@ def train_command(
     With --init-from-cryodrgn DIR the run starts from that cryoDRGN model (the paper's warm-up
     is such a run); architecture flags that are given must equal the checkpoint's.
     """
-    from dataclasses import replace
-
     from cryonoo.train.config_file import resolve_config
     from cryonoo.train.cryodrgn_init import start_from_cryodrgn
+    from cryonoo.train.plan import ParticleSource
 
     overrides = {
         "epochs": epochs,
@@ -275,35 +255,22 @@ def train_command(
         "noise_sigma": noise_sigma,
         "lazy": lazy,
         "precision": precision,
+        "ctf_rescale": ctf_rescale or None,  # a switch given only to turn it on
+        "skip_nonfinite": skip_nonfinite or None,
+        "num_workers": num_workers or None,
     }
     try:
         name = None if recipe is None else recipe.value
         config = resolve_config(name, config_file, sets or (), overrides)
-        if ctf_rescale:
-            config = replace(config, ctf_rescale=True)
-        if skip_nonfinite:
-            config = replace(config, skip_nonfinite=True)
-        if num_workers:
-            config = replace(config, num_workers=num_workers)
         cryodrgn = None
         if init_from_cryodrgn is not None:
             cryodrgn = start_from_cryodrgn(config, init_from_cryodrgn, overrides)
             config = cryodrgn.config
     except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    source = ParticleSource(particles, poses, ctf, split or ind, datadir, drop_bad)
     _run_training(
-        config,
-        particles,
-        poses,
-        ctf,
-        split or ind,
-        outdir,
-        device,
-        resume,
-        force,
-        datadir,
-        drop_bad,
-        cryodrgn=cryodrgn,
+        config, source, outdir, device=device, resume=resume, force=force, cryodrgn=cryodrgn
     )
 
 
@@ -400,6 +367,7 @@ def ablate(
 
     from cryonoo.ssl.augment import AUGMENTERS
     from cryonoo.ssl.objectives import SSL
+    from cryonoo.train.plan import ParticleSource
     from cryonoo.train.recipes import get_recipe
 
     changes: dict = {"name": "ablate"}
@@ -434,7 +402,8 @@ def ablate(
         config = replace(get_recipe("cryonoo"), **changes)
     except ValueError as exc:
         _fail(str(exc))
-    _run_training(config, particles, poses, ctf, ind, outdir, device, resume, force, None)
+    source = ParticleSource(particles, poses, ctf, ind)
+    _run_training(config, source, outdir, device=device, resume=resume, force=force)
 
 
 def _encode_budget(

@@ -24,6 +24,7 @@ from cryonoo.experiments.overview import plot_overview
 from cryonoo.experiments.report import evaluate_run
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import open_dataset
+from cryonoo.train.config_file import apply_overrides, config_from_mapping
 from cryonoo.train.recipes import TrainConfig, get_recipe
 from cryonoo.train.trainer import train
 
@@ -62,10 +63,32 @@ class BenchmarkConfig:
     precision: str = "auto"  # the networks' precision (cryonoo.train.precision)
     kmeans_k: tuple[int, ...] = (5,)
     ceiling: bool = True  # also train the supervised oracle encoder (cryonoo.experiments.ceiling)
+    #: ``section.key=value`` settings applied to every recipe after the scale (``--set``)
+    settings: tuple[str, ...] = ()
 
     @property
     def warmup(self) -> int:
         return self.epochs // 4 if self.warmup_epochs is None else self.warmup_epochs
+
+    def training_settings(self) -> dict[str, dict[str, Any]]:
+        """The scale every recipe trains at, in the settings file's nested sections
+        (:mod:`cryonoo.train.config_file`): architecture, schedule, batch size, precision."""
+        return {
+            "model": {
+                "zdim": self.zdim,
+                "enc_layers": self.enc_layers,
+                "enc_dim": self.enc_dim,
+                "dec_layers": self.dec_layers,
+                "dec_dim": self.dec_dim,
+            },
+            "optim": {
+                "epochs": self.epochs,
+                "batch_size": self.batch_size,
+                "precision": self.precision,
+            },
+            "ssl": {"warmup": self.warmup},
+            "output": {"checkpoint_every": self.epochs},  # only the final model is evaluated
+        }
 
 
 def simulate_dataset(
@@ -84,21 +107,12 @@ def simulate_dataset(
 
 
 def benchmark_recipe(name: str, config: BenchmarkConfig, seed: int) -> TrainConfig:
-    """Recipe ``name`` at the benchmark's scale (epochs, widths, batch size) and ``seed``."""
-    return replace(
-        get_recipe(name),
-        epochs=config.epochs,
-        warmup_epochs=config.warmup,
-        zdim=config.zdim,
-        enc_layers=config.enc_layers,
-        enc_dim=config.enc_dim,
-        dec_layers=config.dec_layers,
-        dec_dim=config.dec_dim,
-        batch_size=config.batch_size,
-        precision=config.precision,
-        seed=seed,
-        checkpoint_every=config.epochs,  # only the final model is evaluated
-    )
+    """Recipe ``name`` at the benchmark's scale (epochs, widths, batch size) and ``seed``,
+    then ``config.settings`` (``section.key=value`` strings, as ``cryonoo train --set``).
+    """
+    recipe = replace(get_recipe(name), seed=seed)
+    scaled = config_from_mapping(config.training_settings(), base=recipe)
+    return apply_overrides(scaled, config.settings)
 
 
 def run_benchmark(
@@ -124,7 +138,12 @@ def run_benchmark(
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
     for name in recipes:  # fail before any work on a typo (listing the choices) or a bad setting
-        benchmark_recipe(name, config, seeds[0] if seeds else 0)
+        if benchmark_recipe(name, config, seeds[0] if seeds else 0).model == "autodecoder":
+            raise ValueError(
+                f"recipe {name!r} has no encoder: this benchmark scores one-pass latents; "
+                "measure an autodecoder's test-time fit with cryonoo bench inference (or "
+                "benchmarks/refine.py --autodecoder RUN)"
+            )
     PHANTOMS.get(config.phantom)
     results: dict[str, Any] = {}
     for seed in seeds:

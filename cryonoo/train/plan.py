@@ -32,6 +32,7 @@ from cryonoo.train.recipes import TrainConfig
 
 __all__ = [
     "DROPPED_LIST",
+    "ParticleSource",
     "RunPlan",
     "estimate_data_sigma",
     "open_training_data",
@@ -184,25 +185,57 @@ def plan_run(
     )
 
 
+@dataclass(frozen=True)
+class ParticleSource:
+    """Where a run's particles come from.
+
+    ``particles`` is a stack (``.mrcs``/``.mrc``), a ``.star``, a ``.cs``, a ``.txt`` list of
+    stacks or a dataset directory (``cryonoo simulate``); ``poses`` / ``ctf`` the cryoDRGN
+    pickles that go with it; ``ind`` an index file (``.pkl``/``.npy``/``.txt``) or a split name
+    of a dataset directory (``train``, ``test``, ``all``; a directory alone trains on
+    ``train``); ``datadir`` where a ``.star``/``.cs`` file's image paths are found; with
+    ``drop_bad`` particles with NaN/Inf or constant pixels are left out.
+    """
+
+    particles: str | os.PathLike[str]
+    poses: str | os.PathLike[str] | None = None
+    ctf: str | os.PathLike[str] | None = None
+    ind: str | None = None
+    datadir: str | os.PathLike[str] | None = None
+    drop_bad: bool = False
+
+    def index(self) -> str | None:
+        """The index the run trains on (``None``: every particle)."""
+        from cryonoo.io.dataset_dir import is_dataset_dir
+
+        if self.ind is None and is_dataset_dir(self.particles):
+            return "train"
+        return None if self.ind == "all" else self.ind
+
+    def describe(self) -> dict[str, str | None]:
+        """The source as the run's ``config.json`` records it (``data``)."""
+        return {
+            "particles": str(self.particles),
+            "poses": None if self.poses is None else str(self.poses),
+            "ctf": None if self.ctf is None else str(self.ctf),
+            "ind": self.index(),
+        }
+
+
 def open_training_data(
     config: TrainConfig,
-    particles: str | os.PathLike[str],
-    poses: str | os.PathLike[str] | None = None,
-    ctf: str | os.PathLike[str] | None = None,
+    source: ParticleSource,
     *,
-    ind: str | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     cryodrgn_norm_std: float | None = None,
-    datadir: str | os.PathLike[str] | None = None,
-    drop_bad: bool = False,
 ) -> ParticleDataset:
-    """The particles a run trains on, opened as the run needs them.
+    """The particles of ``source``, opened as the run needs them.
 
     The recipe's preprocessing, laziness and CTF rescaling; the normalization a resumed run was
     trained with (else the one of the cryoDRGN run it starts from, ``cryodrgn_norm_std``, else
-    estimated from the images). With ``drop_bad`` the particles left out (NaN/Inf or constant
-    pixels) are listed in ``run_dir/dropped_particles.txt``.
+    estimated from the images). With ``source.drop_bad`` the particles left out (NaN/Inf or
+    constant pixels) are listed in ``run_dir/dropped_particles.txt``.
     """
     from cryonoo.io.dataset import open_dataset
 
@@ -210,16 +243,16 @@ def open_training_data(
     if norm_std is None:
         norm_std = cryodrgn_norm_std
     dataset = open_dataset(
-        particles,
-        poses,
-        ctf,
-        ind=ind,
-        datadir=datadir,
+        source.particles,
+        source.poses,
+        source.ctf,
+        ind=source.index(),
+        datadir=source.datadir,
         lazy=config.lazy,
         preprocessing=config.preprocessing(),
         norm_std=norm_std,
         ctf_rescale=config.ctf_rescale,
-        drop_bad=drop_bad,
+        drop_bad=source.drop_bad,
     )
     if dataset.dropped.size and run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)

@@ -298,6 +298,9 @@ RECIPES: dict[str, TrainConfig] = {
     # dreams alone (Round G)
     "wake-sleep-4v-pv": _views_per_pose("wake-sleep-4v-pv", 4, encoder_from_ssl_only=True),
     "wake-sleep-8v-pv": _views_per_pose("wake-sleep-8v-pv", 8, encoder_from_ssl_only=True),
+    "wake-sleep-8v-pv-ewd1": _views_per_pose(
+        "wake-sleep-8v-pv-ewd1", 8, encoder_from_ssl_only=True, encoder_weight_decay=1.0
+    ),
     # decoupled weight decay on the encoder alone: weights only training images excite decay
     # (Round G)
     "sleep-4v-pv-ewd1": _views_per_pose("sleep-4v-pv-ewd1", 4, encoder_weight_decay=1.0),

@@ -139,6 +139,16 @@ def test_bench_generalization_tables(tmp_path):
     bad = runner.invoke(app, ["bench", "generalization", "-o", str(negative), "--first-seed", "-1"])
     assert bad.exit_code == 2 and "--first-seed" in bad.output
     assert not negative.exists()
+    fitted = tmp_path / "fitted"  # no encoder: one-pass latents cannot be scored
+    bad = runner.invoke(
+        app, ["bench", "generalization", "-o", str(fitted), "--recipes", "autodecoder"]
+    )
+    assert bad.exit_code == 2 and "no encoder" in bad.output
+    assert not (fitted / "data_seed0").exists()
+    typo = tmp_path / "typo"
+    bad = runner.invoke(app, ["bench", "generalization", "-o", str(typo), "--set", "optim.nope=1"])
+    assert bad.exit_code == 2 and "optim has:" in bad.output
+    assert not (typo / "data_seed0").exists()
 
 
 def test_bench_generalization_first_seed(tmp_path):

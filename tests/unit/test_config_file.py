@@ -134,3 +134,29 @@ def test_derived_recipes_do_not_share_option_dicts():
     assert derived.augment_options is not base.augment_options
     derived.augment_options["poses"] = "same"  # a caller's mutation stays its own
     assert get_recipe("sleep-4v-pv").augment_options == {"poses": "per-view"}
+
+
+def test_benchmark_scale_and_settings_reach_every_recipe():
+    """The benchmark's scale goes through the settings file's sections, then its --set
+    settings: every recipe keeps its own options and takes both."""
+    from cryonoo.experiments.benchmark import BenchmarkConfig, benchmark_recipe
+
+    config = BenchmarkConfig(epochs=6, batch_size=16, enc_dim=32, settings=("optim.lr=3e-4",))
+    for name, recipe in RECIPES.items():
+        scaled = benchmark_recipe(name, config, seed=5)
+        expected = replace(
+            recipe,
+            epochs=6,
+            warmup_epochs=config.warmup,
+            zdim=config.zdim,
+            enc_layers=config.enc_layers,
+            enc_dim=32,
+            dec_layers=config.dec_layers,
+            dec_dim=config.dec_dim,
+            batch_size=16,
+            precision=config.precision,
+            seed=5,
+            checkpoint_every=6,
+            lr=3e-4,
+        )
+        assert scaled == expected, name
