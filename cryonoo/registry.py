@@ -18,6 +18,7 @@ Unknown and duplicate names raise ``KeyError`` listing the registered choices.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -85,6 +86,28 @@ class Registry(Generic[T]):
             return spec
         factory = self.get(spec)
         return factory(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def accepts(self, name: str) -> frozenset[str] | None:
+        """The keyword names the factory ``name`` takes (``None`` when it takes ``**kwargs``).
+
+        The one place cryonoo routes arguments by a factory's signature: callers with a shared
+        pool of settings (the model's geometry, a recipe's SSL options) give each component the
+        part it declares."""
+        params = inspect.signature(self.get(name)).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return frozenset(
+            p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )
+
+    def build_accepted(self, spec: str | Any, /, **kwargs: Any) -> Any:
+        """:meth:`build` with only the keyword arguments the factory takes (:meth:`accepts`)."""
+        if not isinstance(spec, str):
+            return spec
+        names = self.accepts(spec)
+        if names is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k in names}
+        return self.build(spec, **kwargs)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -16,7 +16,6 @@ encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image l
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -29,21 +28,7 @@ from cryonoo.physics.ctf import ctf_from_params
 from cryonoo.physics.lattice import check_odd_lattice, circular_mask, lattice_coords
 from cryonoo.physics.shifts import shift_ht_points
 
-__all__ = ["LatticeModel", "build_component"]
-
-
-def build_component(registry: Any, spec: Any, **kwargs: Any) -> Any:
-    """Build ``spec`` from ``registry`` passing only the keyword arguments its factory takes.
-
-    An already-built object passes through unchanged.
-    """
-    if not isinstance(spec, str):
-        return spec
-    factory = registry.get(spec)
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return registry.build(spec, **kwargs)
+__all__ = ["LatticeModel"]
 
 
 class LatticeModel(nn.Module):
@@ -79,7 +64,7 @@ class LatticeModel(nn.Module):
 
     def _build_decoder(self, decoder: str | nn.Module, **kwargs: Any) -> None:
         """Set ``self.decoder`` from ``DECODERS`` (or a built module) and check its ``zdim``."""
-        self.decoder = build_component(DECODERS, decoder, D=self.D, zdim=self.zdim, **kwargs)
+        self.decoder = DECODERS.build_accepted(decoder, D=self.D, zdim=self.zdim, **kwargs)
         if getattr(self.decoder, "zdim", self.zdim) != self.zdim:
             raise ValueError(
                 f"decoder: built for zdim={self.decoder.zdim}, the model has {self.zdim}"

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cryonoo.models.base import LatticeModel, build_component
+from cryonoo.models.base import LatticeModel
 from cryonoo.models.encoders import ENCODERS, check_int
 from cryonoo.models.refine import REFINE_LR, REFINE_STEPS, OnStep, frozen
 from cryonoo.physics.lattice import check_odd_lattice, circular_mask
@@ -121,8 +121,8 @@ class HetVAE(LatticeModel):
         self._buffer("_enc_pos", enc_mask[self._work_idx].nonzero()[:, 0])
         self._buffer("_enc_idx", enc_mask.nonzero()[:, 0])
 
-        self.encoder = build_component(
-            ENCODERS, encoder, in_dim=self.n_enc, zdim=zdim, layers=enc_layers, dim=enc_dim,
+        self.encoder = ENCODERS.build_accepted(
+            encoder, in_dim=self.n_enc, zdim=zdim, layers=enc_layers, dim=enc_dim,
             activation=activation, D=D,
         )  # fmt: skip
         self._build_decoder(

@@ -5,7 +5,7 @@
   image and test-time optimization for new ones (needs ``n_images`` and, to encode, poses).
 
 Both take ``D`` and the decoder's arguments; build either from one set of keyword arguments with
-:func:`~cryonoo.models.base.build_component`, which passes each only the arguments it takes.
+:meth:`~cryonoo.registry.Registry.build_accepted`, which passes each only the arguments it takes.
 """
 
 from __future__ import annotations

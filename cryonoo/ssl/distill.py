@@ -60,14 +60,6 @@ from cryonoo.types import Augmenter, Batch, ReconstructionModel, SSLObjective, S
 __all__ = ["SelfDistillation"]
 
 
-def _accepted(factory: Any) -> set[str] | None:
-    """Keyword names a factory accepts (``None`` if it takes ``**kwargs``)."""
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
-
-
 def _takes_keyword(fn: Any, name: str) -> bool:
     """Whether ``fn`` accepts a ``name=`` keyword (``True`` when it cannot be inspected)."""
     try:
@@ -186,8 +178,8 @@ class SelfDistillation(nn.Module):
             raise ValueError(f"warmup_epochs must be ≥ 0, got {warmup_epochs}")
         self.model = model
         obj_kw, aug_kw = dict(objective_kwargs or {}), dict(augmenter_kwargs or {})
-        obj_names = _accepted(SSL.get(objective)) if isinstance(objective, str) else set()
-        aug_names = _accepted(AUGMENTERS.get(augmenter)) if isinstance(augmenter, str) else set()
+        obj_names = SSL.accepts(objective) if isinstance(objective, str) else set()
+        aug_names = AUGMENTERS.accepts(augmenter) if isinstance(augmenter, str) else set()
         for key, value in kwargs.items():
             to_obj = obj_names is None or key in obj_names
             to_aug = aug_names is None or key in aug_names

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 
 from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
-from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
 from cryonoo.models.zoo import MODELS, reconstruction_models
 from cryonoo.ssl.augment import AUGMENTERS, run_context_of
@@ -78,8 +77,7 @@ def build_model(
     ``noise_sigma`` is the augmentation σ in the data domain (``σ_raw / norm_std``);
     ``n_images`` the number of training images (the autodecoder's latent table).
     """
-    vae = build_component(
-        MODELS,
+    vae = MODELS.build_accepted(
         config.model,
         D=D,
         n_images=n_images,

@@ -7,7 +7,6 @@ import torch
 from torch import Tensor
 
 from cryonoo.models.autodecoder import AutoDecoder
-from cryonoo.models.base import build_component
 from cryonoo.models.vae import HetVAE
 from cryonoo.models.zoo import MODELS
 from cryonoo.physics.rotations import random_rotations
@@ -129,8 +128,8 @@ def test_clear_errors():
 
 def test_registry_and_trainer_build_both_models():
     kw = {"D": D, "n_images": 5, "zdim": 2, "enc_dim": 8, "dec_dim": 8, "enc_layers": 1}
-    assert isinstance(build_component(MODELS, "vae", **kw), HetVAE)
-    assert isinstance(build_component(MODELS, "autodecoder", **kw), AutoDecoder)
+    assert isinstance(MODELS.build_accepted("vae", **kw), HetVAE)
+    assert isinstance(MODELS.build_accepted("autodecoder", **kw), AutoDecoder)
     model = build_model(get_recipe("autodecoder"), D, n_images=7)
     assert isinstance(base_model(model), AutoDecoder) and model.embedding.num_embeddings == 7
     groups = model.param_groups(0.5)

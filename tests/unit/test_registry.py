@@ -82,3 +82,25 @@ def test_plugins_register_through_entry_points(tmp_path, monkeypatch):
     finally:
         AUGMENTERS._items.pop("plugin-identity", None)
         AUGMENTERS._help.pop("plugin-identity", None)
+
+
+def test_accepts_and_build_accepted():
+    """Arguments are routed by the factory's signature in one place: the registry."""
+    reg = Registry("thing")
+
+    @reg.register("plain")
+    def plain(a: int, *, b: int = 2) -> tuple[int, int]:
+        return a, b
+
+    @reg.register("open")
+    def open_(a: int, **rest: int) -> tuple[int, dict[str, int]]:
+        return a, rest
+
+    assert reg.accepts("plain") == {"a", "b"}
+    assert reg.accepts("open") is None
+    assert reg.build_accepted("plain", a=1, b=3, unused=9) == (1, 3)
+    assert reg.build_accepted("open", a=1, c=4) == (1, {"c": 4})
+    built = object()
+    assert reg.build_accepted(built, a=1) is built
+    with pytest.raises(TypeError):
+        reg.build("plain", a=1, unused=9)  # plain build passes everything on

@@ -73,12 +73,11 @@ def exercise_positional(name: str) -> None:
 
 
 def exercise_model(name: str) -> None:
-    from cryonoo.models.base import build_component
     from cryonoo.models.zoo import MODELS
     from cryonoo.types import ReconstructionModel
 
     kw = {"zdim": 2, "enc_layers": 1, "enc_dim": 8, "dec_layers": 1, "dec_dim": 8}
-    model = build_component(MODELS, name, D=D, n_images=6, **kw)
+    model = MODELS.build_accepted(name, D=D, n_images=6, **kw)
     assert isinstance(model, ReconstructionModel)
     _check_step(model)
     batch = _batch()
