@@ -135,11 +135,12 @@ def demo(
     """The main job: does self-distillation generalize better than the plain VAE?
 
     Simulates the built-in `hinge` dataset (a two-domain hinge closing, SNR 0.1), trains the
-    plain VAE (`cryodrgn`) and the recommended recipe with the same seed, architecture and
-    epochs on its train split (`--recipes cryodrgn,cryonoo,sleep-4v-pv` adds the paper's
-    recipe), trains a supervised encoder of the same size on fresh images with the true
-    labels (the ceiling of what one image carries), evaluates every recipe on seen (train)
-    and unseen (test) images and prints the tables.
+    plain VAE (`cryodrgn`) and the recommended recipe (`wake-sleep-8v-pv-ewd1`) with the same
+    seed, architecture and epochs on its train split (`--recipes
+    cryodrgn,cryonoo,wake-sleep-8v-pv-ewd1` adds the paper's recipe), trains a supervised
+    encoder of the same size on fresh images with the true labels (the ceiling of what one
+    image carries), evaluates every recipe on seen (train) and unseen (test) images and
+    prints the tables.
     Writes OUTDIR/summary.json ({recipe: metrics, "recommended": name, "ceiling": {...}}) and
     figures. Precision: bf16 autocast on CPUs with native bfloat16 and on CUDA, else fp32.
     """

@@ -314,8 +314,8 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
-#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round F)
-RECOMMENDED = "sleep-4v-pv"
+#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round G)
+RECOMMENDED = "wake-sleep-8v-pv-ewd1"
 
 
 def get_recipe(name: str) -> TrainConfig:
