@@ -160,3 +160,26 @@ def test_benchmark_scale_and_settings_reach_every_recipe():
             lr=3e-4,
         )
         assert scaled == expected, name
+
+
+def test_particle_source_index_and_description(tmp_path):
+    """A dataset directory alone trains on its 'train' split, 'all' on every particle; a given
+    index passes through; the run records the source with its resolved index."""
+    from cryonoo.train.plan import ParticleSource
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "particles.mrcs").write_bytes(b"")
+    stack = tmp_path / "stack.mrcs"
+    assert ParticleSource(data).index() == "train"
+    assert ParticleSource(data, ind="all").index() is None
+    assert ParticleSource(data, ind="test").index() == "test"
+    assert ParticleSource(stack).index() is None
+    assert ParticleSource(stack, ind="keep.pkl").index() == "keep.pkl"
+    source = ParticleSource(stack, tmp_path / "poses.pkl", None, "keep.pkl")
+    assert source.describe() == {
+        "particles": str(stack),
+        "poses": str(tmp_path / "poses.pkl"),
+        "ctf": None,
+        "ind": "keep.pkl",
+    }
