@@ -24,6 +24,7 @@ from cryonoo.experiments.overview import plot_overview
 from cryonoo.experiments.report import evaluate_run
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import open_dataset
+from cryonoo.models.zoo import MODELS, has_encoder
 from cryonoo.train.config_file import apply_overrides, config_from_mapping
 from cryonoo.train.recipes import TrainConfig, get_recipe
 from cryonoo.train.trainer import train
@@ -138,7 +139,8 @@ def run_benchmark(
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
     for name in recipes:  # fail before any work on a typo (listing the choices) or a bad setting
-        if benchmark_recipe(name, config, seeds[0] if seeds else 0).model == "autodecoder":
+        recipe = benchmark_recipe(name, config, seeds[0] if seeds else 0)
+        if not has_encoder(MODELS.get(recipe.model)):
             raise ValueError(
                 f"recipe {name!r} has no encoder: this benchmark scores one-pass latents; "
                 "measure an autodecoder's test-time fit with cryonoo bench inference (or "

@@ -14,7 +14,7 @@ from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
 from cryonoo.registry import Registry
 
-__all__ = ["MODELS", "reconstruction_models"]
+__all__ = ["MODELS", "has_encoder", "reconstruction_models"]
 
 MODELS: Registry = Registry("model")
 MODELS.add("vae", HetVAE, help="Amortized heterogeneous VAE (cryoDRGN's HetOnlyVAE).")
@@ -29,3 +29,10 @@ def reconstruction_models() -> tuple[type, ...]:
     """The classes a (possibly wrapped) trained model is unwrapped to: every model registered
     now, plug-ins' included (classes only; a factory function is skipped)."""
     return tuple(obj for obj in map(MODELS.get, MODELS.names()) if isinstance(obj, type))
+
+
+def has_encoder(model: object) -> bool:
+    """Whether ``model`` (a model, or a model class) infers a latent in one encoder pass: it has
+    ``encode`` and is not an :class:`AutoDecoder` (whose ``encode`` fits latents with poses)."""
+    cls = model if isinstance(model, type) else type(model)
+    return not issubclass(cls, AutoDecoder) and hasattr(model, "encode")

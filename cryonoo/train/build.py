@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from cryonoo.io.dataset import ParticleDataset, make_loader
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
-from cryonoo.models.zoo import MODELS, reconstruction_models
+from cryonoo.models.zoo import MODELS, has_encoder, reconstruction_models
 from cryonoo.ssl.augment import AUGMENTERS, run_context_of
 from cryonoo.ssl.distill import SelfDistillation
 from cryonoo.train.cryodrgn_init import load_cryodrgn_weights
@@ -98,7 +98,7 @@ def build_model(
     )
     if not config.uses_ssl:
         return vae
-    if isinstance(vae, AutoDecoder) or not hasattr(vae, "encode"):
+    if not has_encoder(vae):
         raise ValueError(
             f"recipe {config.name!r}: self-distillation needs an encoder, the {config.model!r} "
             "model has none; set ssl=None (or --ssl none) for it"

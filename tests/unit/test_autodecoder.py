@@ -8,7 +8,7 @@ from torch import Tensor
 
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
-from cryonoo.models.zoo import MODELS
+from cryonoo.models.zoo import MODELS, has_encoder
 from cryonoo.physics.rotations import random_rotations
 from cryonoo.physics.simulate import volume_spectrum
 from cryonoo.physics.slice import extract_central_slices
@@ -130,6 +130,8 @@ def test_registry_and_trainer_build_both_models():
     kw = {"D": D, "n_images": 5, "zdim": 2, "enc_dim": 8, "dec_dim": 8, "enc_layers": 1}
     assert isinstance(MODELS.build_accepted("vae", **kw), HetVAE)
     assert isinstance(MODELS.build_accepted("autodecoder", **kw), AutoDecoder)
+    assert has_encoder(HetVAE) and has_encoder(MODELS.build_accepted("vae", **kw))
+    assert not has_encoder(AutoDecoder) and not has_encoder(torch.nn.Linear(2, 2))
     model = build_model(get_recipe("autodecoder"), D, n_images=7)
     assert isinstance(base_model(model), AutoDecoder) and model.embedding.num_embeddings == 7
     groups = model.param_groups(0.5)
