@@ -481,6 +481,7 @@ def encode(
             help="autodecode/--refine: Adam learning rate (default: the model's; refine: 0.02)."
         ),
     ] = None,
+    precision: Annotated[str, PRECISION_OPTION] = "auto",
 ) -> None:
     """Latents for any particle stack: amortized (one encoder pass, no training) by default.
 
@@ -499,11 +500,13 @@ def encode(
     from cryonoo.io.dataset import open_dataset
     from cryonoo.train.encode import resolve_device
     from cryonoo.train.inference import POSED_METHODS, check_method, infer_latents
+    from cryonoo.train.precision import resolve_precision
     from cryonoo.train.run import load_run
 
     try:
         method, steps = _encode_budget(method, refine, steps, lr)
         dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
         run = load_run(run_dir, epoch, dev)
         check_method(run.model, method)
         cfg = run.train
@@ -532,13 +535,15 @@ def encode(
             "pass --poses (the particles' poses.pkl) unless they are centred"
         )
     t0 = time.perf_counter()
-    mu, logvar = infer_latents(
-        run.model, dataset, dev, method, batch_size=batch_size, steps=steps, lr=lr
-    )
+    with prec.autocast():
+        mu, logvar = infer_latents(
+            run.model, dataset, dev, method, batch_size=batch_size, steps=steps, lr=lr
+        )
     elapsed = time.perf_counter() - t0
     save_z_pkl(output, mu, logvar)
     rate = len(mu) / max(elapsed, 1e-9)
     how = method if method == "amortized" else f"{method}, {steps or run.model.fit_steps} steps"
+    how += f", {prec.name}"
     console.print(
         f"{len(mu):,} latents (zdim {mu.shape[1]}, {how}) → {output} in {elapsed:.1f} s "
         f"({rate:,.0f} images/s); mean |z| {np.linalg.norm(mu, axis=1).mean():.3f}"

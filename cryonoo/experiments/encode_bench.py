@@ -14,8 +14,9 @@ encoding never runs), saved as a minimal run directory (``config.json`` + ``weig
 What is timed is what ``cryonoo encode RUN PARTICLES --ctf ctf.pkl -o z.pkl`` runs, from disk:
 :func:`~cryonoo.train.run.load_run`, :func:`~cryonoo.io.dataset.open_dataset` (lazy),
 :func:`~cryonoo.train.inference.infer_latents` (amortized) and
-:func:`~cryonoo.io.cryodrgn.save_z_pkl`. ``cryonoo encode`` has no precision setting (float32);
-``precision`` other than fp32 wraps the same call in ``torch.autocast``.
+:func:`~cryonoo.io.cryodrgn.save_z_pkl`;
+``precision`` other than fp32 wraps the same call in ``torch.autocast``, as
+``cryonoo encode --precision`` does.
 
 Before the encode the stack's pages are dropped from the page cache
 (``posix_fadvise(DONTNEED)`` after ``fsync``), so it is read from the disk rather than from the
@@ -31,10 +32,10 @@ residual additions are not counted. The same encoder on in-memory ``(batch, n_en
 gives the rate of the arithmetic alone, and their ratio is the fraction of it the pipeline
 reaches. The optional breakdown also times the model's whole encode pass on an in-memory
 batch (shift, CTF phase flip, mask, MLP) and one pass of the encode's own loader without the
-model (reading + preprocessing), so ``loader + model ≈ infer`` shows that the two are serial:
-``encode_dataset`` builds its loader with ``num_workers=0`` (no worker processes, no
-prefetching), so each batch is read and preprocessed in the main process between two encoder
-passes.
+model (reading + preprocessing). ``encode_dataset`` reads the next ``prefetch`` batches on a
+background thread while it encodes the current one (:mod:`cryonoo.io.prefetch`), so with
+``prefetch ≥ 1`` ``infer`` falls from ``loader + model`` (``prefetch=0``: in turn) towards
+``max(loader, model)`` where the cores allow.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class EncodeBenchConfig:
     per_stack: int = 10_000
     precision: str = "fp32"
     batch_size: int = 1024
+    prefetch: int = 2
     ctf: bool = True
     block: int = 1000
     links: bool = True
@@ -125,8 +127,9 @@ class EncodeBenchConfig:
         counts = {k: getattr(self, k) for k in ("n_images", "enc_dim", "zdim", "per_stack")}
         counts |= {"batch_size": self.batch_size, "block": self.block}
         bad = {k: v for k, v in counts.items() if v < 1}
-        if bad or self.enc_layers < 0:
-            raise ValueError(f"invalid settings {bad or {'enc_layers': self.enc_layers}}")
+        bad |= {k: getattr(self, k) for k in ("enc_layers", "prefetch") if getattr(self, k) < 0}
+        if bad:
+            raise ValueError(f"invalid settings {bad}")
 
     @property
     def stack_bytes(self) -> int:
@@ -335,6 +338,7 @@ def encode_from_disk(
     device: torch.device,
     batch_size: int,
     prec: Precision,
+    prefetch: int = 2,
 ) -> tuple[dict[str, Any], TrainedRun, ParticleDataset]:
     """What ``cryonoo encode RUN PARTICLES [--ctf] -o z_path -b batch_size`` runs, timed per
     stage (s): open (load the run, open the lazy dataset), infer, save; with the run and
@@ -352,7 +356,9 @@ def encode_from_disk(
     )
     t1 = time.perf_counter()
     with prec.autocast():
-        mu, logvar = infer_latents(run.model, dataset, device, "amortized", batch_size=batch_size)
+        mu, logvar = infer_latents(
+            run.model, dataset, device, "amortized", batch_size=batch_size, prefetch=prefetch
+        )
     _sync(device)
     t2 = time.perf_counter()
     save_z_pkl(z_path, mu, logvar)
@@ -373,7 +379,7 @@ def measured_encode(
     sampler = AnonSampler()
     try:
         timing, run, dataset = encode_from_disk(
-            run_dir, stack, z_path, device, config.batch_size, prec
+            run_dir, stack, z_path, device, config.batch_size, prec, config.prefetch
         )
     finally:
         anon = sampler.stop()
@@ -398,7 +404,7 @@ def loader_pass(dataset: ParticleDataset, batch_size: int) -> dict[str, Any]:
         "loader_only_s": time.perf_counter() - t0,
         "images": n,
         "num_workers": loader.num_workers,
-        "prefetch_factor": loader.prefetch_factor,
+        "prefetch_factor": loader.prefetch_factor,  # the DataLoader's own (no workers: None)
         "pin_memory": loader.pin_memory,
     }
 
@@ -473,6 +479,8 @@ def _breakdown(
         "mlp_only_gflops_per_s": mlp_rate,
         "fraction_of_mlp_rate": compute["achieved_gflops_per_s"] / mlp_rate,
         "serial_estimate_s": loader["loader_only_s"] + model_s,
+        "overlap_bound_s": max(loader["loader_only_s"], model_s),
+        "prefetch": config.prefetch,
         "infer_s": infer_s,
     }
 

@@ -525,10 +525,15 @@ class Dream(_NoiseFactorViews):
         ``"shared"``: the J views of a latent are one rendering at one random pose with J noise
         draws. ``"per-view"``: each view renders the latent at its own random pose (J
         renderings), so the encoder sees the same conformation from J directions per step.
+    fraction:
+        The share of the batch that dreams, in ``(0, 1]``: ``M = max(2, round(fraction · B))``
+        latents per step (at most ``B``), with the CTFs (and, for ``"posterior"``, the means)
+        of the batch's first ``M`` images — the batch is already a random draw. A step then
+        renders ``J · M`` images instead of ``J · B``: the sleep phase's cost scales with it.
 
-    Returns ``(views (J, B, D, D), batch.ctf, targets (B, zdim))``; the views are centred
-    renderings, independent of ``batch.trans``. :meth:`make_views` adds the random poses they
-    were rendered at.
+    Returns ``(views (J, M, D, D), ctf (M, 8), targets (M, zdim))`` (``M = B`` by default); the
+    views are centred renderings, independent of ``batch.trans``. :meth:`make_views` adds the
+    random poses they were rendered at.
     """
 
     #: the noise std is the data's own σ: the trainer passes ``sigma`` (see recipes)
@@ -542,7 +547,11 @@ class Dream(_NoiseFactorViews):
         noise_factors: Sequence[float] = (1.0,),
         latents: str = "prior",
         poses: str = "shared",
+        fraction: float = 1.0,
     ) -> None:
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
         if poses not in ("shared", "per-view"):
             raise ValueError(f"poses must be 'shared' or 'per-view', got {poses!r}")
         self.poses = poses
@@ -569,9 +578,11 @@ class Dream(_NoiseFactorViews):
         step: StepOutput,
         generator: torch.Generator | None = None,
     ) -> Views:
-        """``Views(views (J, B, D, D), batch.ctf, rot (J, B, 3, 3), targets (B, zdim))``:
-        ``rot`` the random pose each latent was rendered at, shared by its J views."""
+        """``Views(views (J, M, D, D), ctf (M, 8), rot (J, M, 3, 3), targets (M, zdim))``:
+        ``rot`` the pose each view was rendered at (``M`` dreams: see ``fraction``)."""
         targets = self.draw(step.z, generator)
+        batch = self._dreamers(batch)
+        targets = targets[: len(batch)]
         if self.poses == "per-view":
             return self._views_per_pose(batch, model, targets, generator)
         rot = random_rotations(
@@ -581,6 +592,15 @@ class Dream(_NoiseFactorViews):
             render = model.render(targets, rot, batch.ctf).detach()
         views = noisy_views(render.float(), self.sigma, self.noise_factors, generator)
         return Views(views, batch.ctf, rot=_per_view(rot, self.num_views), targets=targets)
+
+    def _dreamers(self, batch: Batch) -> Batch:
+        """The batch's first ``M`` images (all of them when ``fraction`` is 1)."""
+        n_img = len(batch)
+        m = min(n_img, max(2, round(self.fraction * n_img)))
+        if m == n_img:
+            return batch
+        ctf = None if batch.ctf is None else batch.ctf[:m]
+        return Batch(images=batch.images[:m], rot=batch.rot[:m], ctf=ctf)
 
     def _views_per_pose(
         self,
@@ -609,5 +629,5 @@ class Dream(_NoiseFactorViews):
     def __repr__(self) -> str:
         return (
             f"Dream(sigma={self.sigma:g}, noise_factors={self.noise_factors}, "
-            f"latents={self.latents!r}, poses={self.poses!r})"
+            f"latents={self.latents!r}, poses={self.poses!r}, fraction={self.fraction:g})"
         )

@@ -88,6 +88,37 @@ def _infer_zdim(model: nn.Module) -> int:
     )
 
 
+def _check_views(out: Views, batch: Batch, z: Tensor) -> None:
+    """Refuse an augmenter's :class:`Views` whose shapes do not fit ``batch`` and ``z``.
+
+    Views of the batch's images are ``(J, B, D, D)``. Views that bring their own targets
+    (``dream``) may be of any number ``M ≥ 1`` of latents: ``(J, M, D, D)`` with targets
+    ``(M, zdim)`` and ``ctf`` ``(M, 8)``, so a recipe can dream for part of the batch only.
+    """
+    views, image_shape = out.views, tuple(batch.images.shape)
+    if views.ndim != 4 or tuple(views.shape[2:]) != image_shape[1:]:
+        raise ValueError(
+            f"augmenter returned views of shape {tuple(views.shape)}, expected "
+            f"(J, {', '.join(map(str, image_shape))})"
+        )
+    n_views = views.shape[1]
+    if out.targets is None and n_views != image_shape[0]:
+        raise ValueError(
+            f"augmenter returned views of shape {tuple(views.shape)}, expected "
+            f"(J, {', '.join(map(str, image_shape))}): one view per image unless it "
+            "returns its own targets"
+        )
+    if out.targets is not None and tuple(out.targets.shape) != (n_views, z.shape[1]):
+        raise ValueError(
+            f"augmenter targets have shape {tuple(out.targets.shape)}, expected "
+            f"({n_views}, {z.shape[1]}) (one latent per view column, zdim {z.shape[1]})"
+        )
+    if out.ctf is not None and tuple(out.ctf.shape) != (n_views, 8):
+        raise ValueError(
+            f"augmenter returned a CTF of shape {tuple(out.ctf.shape)}, expected ({n_views}, 8)"
+        )
+
+
 class SelfDistillation(nn.Module):
     """Wrap a reconstruction model with an SSL term on augmented views of its own rendering.
 
@@ -334,12 +365,7 @@ class SelfDistillation(nn.Module):
 
         out = self._views(batch, step, generator)
         views, ctf, anchor = out.views, out.ctf, out.targets
-        if views.ndim != 4 or views.shape[1:] != batch.images.shape:
-            raise ValueError(
-                f"augmenter returned views of shape {tuple(views.shape)}, expected "
-                f"(J, {', '.join(map(str, batch.images.shape))})"
-            )
-        n_views, size = views.shape[0], views.shape[-1]
+        n_views, n_img, size = views.shape[0], views.shape[1], views.shape[-1]
         flat_ctf = None if ctf is None else ctf.repeat(n_views, 1)
         # registered augmenters return centred views (no translation); see the module docstring
         flat_trans = None
@@ -418,16 +444,12 @@ class SelfDistillation(nn.Module):
             else:
                 views, ctf = legacy
                 out = Views(views, ctf)
-        if out.targets is not None and out.targets.shape != step.z.shape:
-            raise ValueError(
-                f"augmenter targets have shape {tuple(out.targets.shape)}, expected "
-                f"{tuple(step.z.shape)} (one latent per image)"
-            )
+        _check_views(out, batch, step.z)
         return out
 
     def _view_poses(self, out: Views, batch: Batch) -> Tensor:
         """``(J·B, 3, 3)`` detached pose of every view, view-major like the flattened views."""
-        n_views, n_img = out.views.shape[0], len(batch)
+        n_views, n_img = out.views.shape[0], out.views.shape[1]
         if out.rot is not None:
             if tuple(out.rot.shape) != (n_views, n_img, 3, 3):
                 raise ValueError(

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cryonoo.io.dataset import ParticleDataset, make_loader
+from cryonoo.io.prefetch import prefetched
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
 from cryonoo.types import ReconstructionModel
@@ -34,6 +35,8 @@ def encode_dataset(
     dataset: ParticleDataset,
     device: torch.device,
     batch_size: int = 512,
+    *,
+    prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Posterior ``(mu, logvar)`` of every particle of ``dataset`` in dataset order.
 
@@ -42,7 +45,12 @@ def encode_dataset(
     Every batch is encoded with its CTF, shifts (pixels) and poses (``Batch.rot``,
     ``(B, 3, 3)``): a pose-conditioned encoder (``pose-mlp``) needs them, the others ignore
     them. A dataset opened without poses has identity rotations, which a
-    pose-conditioned encoder would take at face value."""
+    pose-conditioned encoder would take at face value.
+
+    The next ``prefetch`` batches are read and preprocessed on a background thread while the
+    current one is encoded (:func:`cryonoo.io.prefetch.prefetched`; ``0``: in turn). The
+    latents do not depend on it. Call under ``torch.autocast`` for reduced-precision
+    networks (``cryonoo encode --precision bf16``)."""
     if isinstance(model, AutoDecoder):
         raise ValueError(
             "an autodecoder has no encoder to encode particles with: its latents are fitted "
@@ -52,7 +60,8 @@ def encode_dataset(
     model.eval()
     mus, logvars = [], []
     posterior = hasattr(model, "encode_distribution")  # else: a plain `encode` (means only)
-    for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
+    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
+    for batch in prefetched(loader, prefetch):
         b = batch.to(device)
         if posterior:
             mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans, b.rot)

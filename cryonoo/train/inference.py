@@ -12,7 +12,9 @@
   5e-2) of each image's point objective against the frozen decoder at its pose; needs the
   poses, and an encoder (an autodecoder run's test-time fitting is ``autodecode``).
 
-Latents come back in dataset order as ``(N, zdim)`` float32 arrays.
+Latents come back in dataset order as ``(N, zdim)`` float32 arrays. Every method reads the
+next ``prefetch`` batches on a background thread while it works on the current one
+(:func:`cryonoo.io.prefetch.prefetched`); the latents do not depend on it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from cryonoo.io.dataset import ParticleDataset, make_loader
+from cryonoo.io.prefetch import prefetched
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.refine import REFINE_LR, REFINE_STEPS
 from cryonoo.models.vae import HetVAE
@@ -78,6 +81,7 @@ def autodecode_dataset(
     lr: float | None = None,
     init: str = "zeros",
     seed: int = 0,
+    prefetch: int = 2,
 ) -> np.ndarray:
     """``(N, zdim)`` latents of every particle of ``dataset`` fitted with the frozen decoder.
 
@@ -86,7 +90,8 @@ def autodecode_dataset(
     """
     generator = torch.Generator(device=device).manual_seed(int(seed))
     out = []
-    for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
+    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
+    for batch in prefetched(loader, prefetch):
         b = batch.to(device)
         z = model.fit_latents(b.images, b.rot, b.ctf, b.trans, steps, lr, generator, init=init)
         out.append(z.float().cpu())
@@ -103,12 +108,14 @@ def refine_dataset(
     batch_size: int = 1024,
     steps: int = REFINE_STEPS,
     lr: float = REFINE_LR,
+    prefetch: int = 2,
 ) -> np.ndarray:
     """``(N, zdim)`` float32 semi-amortized latents of every particle of ``dataset`` (dataset
     order): :meth:`HetVAE.refine <cryonoo.models.vae.HetVAE.refine>` batch by batch. The result
     does not depend on ``batch_size`` (every image is refined independently)."""
     out = []
-    for batch in make_loader(dataset, batch_size, shuffle=False, pin_memory=False):
+    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
+    for batch in prefetched(loader, prefetch):
         b = batch.to(device)
         out.append(model.refine(b.images, b.rot, b.ctf, b.trans, steps=steps, lr=lr).cpu())
     if not out:
@@ -126,22 +133,33 @@ def infer_latents(
     steps: int | None = None,
     lr: float | None = None,
     seed: int = 0,
+    prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(mu, logvar)`` (amortized) or ``(z, None)`` (autodecode, refine), each ``(N, zdim)``;
     a lazy ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.make_loader`).
 
     ``steps``/``lr`` (``None``: the method's defaults) are the Adam budget of autodecode and
-    refine; ``seed`` seeds autodecode's random starts.
+    refine; ``seed`` seeds autodecode's random starts; ``prefetch`` batches are read ahead on
+    a thread (``0``: none).
     """
     check_method(model, method)
     if method == "amortized":
-        return encode_dataset(model, dataset, device, batch_size=batch_size)
+        return encode_dataset(model, dataset, device, batch_size=batch_size, prefetch=prefetch)
     if method == "refine":
         steps = REFINE_STEPS if steps is None else steps
         lr = REFINE_LR if lr is None else lr
-        z = refine_dataset(model, dataset, device, batch_size=batch_size, steps=steps, lr=lr)
+        z = refine_dataset(
+            model, dataset, device, batch_size=batch_size, steps=steps, lr=lr, prefetch=prefetch
+        )
         return z, None
     z = autodecode_dataset(
-        model, dataset, device, batch_size=batch_size, steps=steps, lr=lr, seed=seed
+        model,
+        dataset,
+        device,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        prefetch=prefetch,
     )
     return z, None

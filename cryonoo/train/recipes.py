@@ -199,14 +199,18 @@ def _sleep(name: str, **changes: Any) -> TrainConfig:
     return replace(_SLEEP, name=name, **changes)
 
 
-def _views_per_pose(name: str, views: int, **changes: Any) -> TrainConfig:
+def _views_per_pose(name: str, views: int, fraction: float = 1.0, **changes: Any) -> TrainConfig:
     """A sleep recipe whose dreams have ``views`` views, each at its own random pose, at the
-    data's noise level, λ = 1 / views each (the sleep term's total weight stays 1)."""
+    data's noise level, λ = 1 / views each (the sleep term's total weight stays 1); a share
+    ``fraction`` of each batch dreams (``Dream(fraction=…)``)."""
+    options: dict[str, Any] = {"poses": "per-view"}
+    if fraction != 1.0:
+        options["fraction"] = fraction
     return _sleep(
         name,
         noise_factors=(1.0,) * views,
         ssl_weight=1.0 / views,
-        augment_options={"poses": "per-view"},
+        augment_options=options,
         **changes,
     )
 
@@ -300,6 +304,18 @@ RECIPES: dict[str, TrainConfig] = {
     "wake-sleep-8v-pv": _views_per_pose("wake-sleep-8v-pv", 8, encoder_from_ssl_only=True),
     "wake-sleep-8v-pv-ewd1": _views_per_pose(
         "wake-sleep-8v-pv-ewd1", 8, encoder_from_ssl_only=True, encoder_weight_decay=1.0
+    ),
+    # the same sleep phase at a quarter of its cost: a quarter of the batch dreams (8 views
+    # each), or every image dreams with 2 views (Round H)
+    "wake-sleep-8v-pv-ewd1-f4": _views_per_pose(
+        "wake-sleep-8v-pv-ewd1-f4",
+        8,
+        encoder_from_ssl_only=True,
+        fraction=0.25,
+        encoder_weight_decay=1.0,
+    ),
+    "wake-sleep-2v-pv-ewd1": _views_per_pose(
+        "wake-sleep-2v-pv-ewd1", 2, encoder_from_ssl_only=True, encoder_weight_decay=1.0
     ),
     # decoupled weight decay on the encoder alone: weights only training images excite decay
     # (Round G)

@@ -71,3 +71,18 @@ def test_encode_refine_needs_poses(vae_run, data, tmp_path):
     ok = invoke("encode", vae_run, stack, "-o", out, "--refine", 2, "--poses", data.poses)
     assert ok.exit_code == 0, ok.output
     assert load_z_pkl(out)[0].shape == (96, 2)
+
+
+def test_encode_precision_bf16_follows_fp32(vae_run, data, tmp_path):
+    args = ["encode", vae_run, data.root, "--ind", "test", "--device", "cpu"]
+    assert invoke(*args, "-o", tmp_path / "fp32.pkl", "--precision", "fp32").exit_code == 0
+    result = invoke(*args, "-o", tmp_path / "bf16.pkl", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert "bf16" in result.output
+    mu32, mu16 = load_z_pkl(tmp_path / "fp32.pkl")[0], load_z_pkl(tmp_path / "bf16.pkl")[0]
+    assert not np.array_equal(mu32, mu16)  # the networks did run in bfloat16
+    scale = np.abs(mu32).max()
+    np.testing.assert_allclose(mu16, mu32, atol=0.05 * scale)  # bf16: 8 mantissa bits
+    bad = invoke(*args, "-o", tmp_path / "fp16.pkl", "--precision", "fp16")
+    assert bad.exit_code == 2 and "needs a CUDA device" in " ".join(bad.output.split())
+    assert not (tmp_path / "fp16.pkl").exists()

@@ -14,7 +14,7 @@ from cryonoo.physics.rotations import random_rotations
 from cryonoo.ssl import SSL, SelfDistillation
 from cryonoo.ssl.augment import Dream, noisy_views
 from cryonoo.train.recipes import RECIPES, TrainConfig
-from cryonoo.types import Batch
+from cryonoo.types import Batch, Views
 
 D, ZDIM = 17, 3
 
@@ -67,6 +67,77 @@ def test_dream_per_view_poses_render_each_view_at_its_own_pose():
     torch.testing.assert_close(out.views, torch.stack(expected))
     with pytest.raises(ValueError, match="poses"):
         Dream(sigma=0.1, poses="fixed")
+
+
+def test_dream_fraction_renders_the_first_images_share_only():
+    model, batch = _vae(), _batch()
+    step = model.training_step(batch)
+    full = Dream(sigma=0.3, noise_factors=(0.5, 1.0), poses="per-view")
+    part = Dream(sigma=0.3, noise_factors=(0.5, 1.0), poses="per-view", fraction=0.25)
+    out = part.make_views(batch, model, step, torch.Generator().manual_seed(5))
+    assert out.views.shape == (2, 2, D, D) and out.rot.shape == (2, 2, 3, 3)
+    assert out.targets.shape == (2, ZDIM) and torch.equal(out.ctf, batch.ctf[:2])
+    # the same draws as the full batch's first two dreams: B latents are drawn, then J·M poses
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(8, ZDIM, generator=g)[:2]
+    rot = random_rotations(4, g, dtype=batch.rot.dtype).reshape(2, 2, 3, 3)
+    with torch.no_grad():
+        expected = [
+            noisy_views(model.render(z, rot[j], batch.ctf[:2]), 0.3, (f,), g)[0]
+            for j, f in enumerate((0.5, 1.0))
+        ]
+    assert torch.equal(out.targets, z) and torch.equal(out.rot, rot)
+    torch.testing.assert_close(out.views, torch.stack(expected))
+    # never fewer than two dreams, never more than the batch
+    tiny = Dream(sigma=0.3, fraction=0.01).make_views(batch, model, step)
+    assert tiny.views.shape == (1, 2, D, D)
+    assert full.make_views(batch, model, step).views.shape == (2, 8, D, D)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="fraction"):
+            Dream(sigma=0.3, fraction=bad)
+
+
+def test_wrapper_scores_a_partial_dream_against_its_own_targets():
+    model = _vae()
+    wrapped = SelfDistillation(
+        model, objective="regress", augmenter="dream", weight=0.5, warmup_epochs=0,
+        objective_kwargs={"head": "none"},
+        augmenter_kwargs={"sigma": 0.2, "fraction": 0.5},
+    )  # fmt: skip
+    model.eval()  # posterior means: the step is deterministic
+    batch = _batch()
+    out = wrapped.training_step(batch, torch.Generator().manual_seed(9))
+    step = model.training_step(batch)
+    views, ctf, targets = wrapped.augmenter(batch, model, step, torch.Generator().manual_seed(9))
+    assert views.shape == (1, 4, D, D) and ctf.shape == (4, 8)
+    mse = ((model.encode(views[0], ctf) - targets) ** 2).mean()
+    torch.testing.assert_close(out.loss, step.loss + 0.5 * mse)
+
+
+def test_wrapper_refuses_views_that_do_not_fit_the_batch():
+    class Bad:
+        def __init__(self, views, ctf=None, targets=None):
+            self.out = Views(views, ctf, targets=targets)
+
+        def make_views(self, batch, model, step, generator=None):
+            return self.out
+
+        __call__ = make_views
+
+    batch = _batch()
+    cases = [
+        (Views(torch.zeros(1, 4, D, D), batch.ctf[:4]), "one view per image"),
+        (Views(torch.zeros(1, 8, D - 1, D - 1), batch.ctf), "expected"),
+        (Views(torch.zeros(1, 4, D, D), batch.ctf[:4], targets=torch.zeros(3, ZDIM)), "targets"),
+        (Views(torch.zeros(1, 4, D, D), batch.ctf, targets=torch.zeros(4, ZDIM)), "CTF"),
+    ]
+    for views, match in cases:
+        wrapped = SelfDistillation(
+            _vae(), objective="regress", augmenter=Bad(views.views, views.ctf, views.targets),
+            warmup_epochs=0, objective_kwargs={"head": "none"},
+        )  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            wrapped.training_step(batch)
 
 
 def test_dream_batch_latents_follow_the_batch_moments():
