@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cryonoo.io.dataset import ParticleDataset
+from cryonoo.io.prefetch import prefetched
 from cryonoo.train.build import Training
 from cryonoo.train.checkpoint import save_checkpoint
 from cryonoo.train.recipes import TrainConfig
@@ -203,6 +204,13 @@ def save_interrupted(
     save_checkpoint(path, interrupted_state(training, epoch, progress, epoch_shuffle))
 
 
+def _read_ahead(dataset: ParticleDataset, config: TrainConfig) -> int:
+    """Batches read ahead on a thread (:mod:`cryonoo.io.prefetch`): 2 for a lazy dataset read
+    in this process (reading and preprocessing overlap the step), else 0 (an in-memory batch
+    is an index; loader workers already read ahead)."""
+    return 2 if dataset.lazy and config.num_workers == 0 else 0
+
+
 def fit_epoch(
     training: Training,
     config: TrainConfig,
@@ -228,7 +236,7 @@ def fit_epoch(
     epoch_shuffle = training.loader_generator.get_state()  # this epoch's order is drawn from it
     done_before = progress.batches_done
     try:
-        for i, cpu_batch in enumerate(training.loader):
+        for i, cpu_batch in enumerate(prefetched(training.loader, _read_ahead(dataset, config))):
             if i < done_before:
                 continue  # completed before the interruption
             if stop is not None and stop.raised:

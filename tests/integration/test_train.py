@@ -72,6 +72,23 @@ def test_resume_equals_uninterrupted_run(data, tmp_path):
         train(_config(epochs=4, enc_dim=64), dataset, tmp_path / "resumed", resume=True)
 
 
+def test_lazy_training_with_read_ahead_equals_in_memory_training(data, tmp_path):
+    """A lazy dataset is read on a thread ahead of the step (cryonoo.io.prefetch); the run is
+    the in-memory run's, self-distillation included."""
+    from cryonoo.train.loop import _read_ahead
+
+    config = _config(epochs=2)
+    lazy = open_dataset(data.root, ind="train", lazy=True)
+    eager = open_dataset(data.root, ind="train", lazy=False)
+    assert _read_ahead(lazy, config) == 2 and _read_ahead(eager, config) == 0
+    assert _read_ahead(lazy, replace(config, num_workers=1)) == 0
+    train(config, lazy, tmp_path / "lazy")
+    train(config, eager, tmp_path / "eager")
+    a, _ = load_z_pkl(tmp_path / "lazy" / "z.2.pkl")
+    b, _ = load_z_pkl(tmp_path / "eager" / "z.2.pkl")
+    np.testing.assert_array_equal(a, b)
+
+
 def test_seeds_change_results(data, tmp_path):
     dataset = open_dataset(data.root, ind="train", lazy=False)
     train(_config("cryodrgn", epochs=1, seed=1), dataset, tmp_path / "s1")
