@@ -37,7 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 
 from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
 from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
-from cryonoo.io.heap import pin_mmap_threshold
+from cryonoo.io.heap import stream_heap
 from cryonoo.io.mrc import ParticleFileError
 from cryonoo.io.stack import ImageSource, Subset, check_finite, open_images
 from cryonoo.physics.ctf import ctf_params_for_box
@@ -273,12 +273,13 @@ def make_loader(
     from ``generator`` (seed it for reproducible epochs). ``shard`` wraps the batch sampler
     (e.g. :class:`cryonoo.train.distributed.ShardedBatchSampler` for data-parallel training).
     A lazy dataset is streamed, so the process's heap is kept from growing with the number of
-    batches (:func:`cryonoo.io.heap.pin_mmap_threshold`).
+    batches (:func:`cryonoo.io.heap.stream_heap`; training switches to
+    :func:`~cryonoo.io.heap.reuse_heap` for its epochs).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     if dataset.lazy:
-        pin_mmap_threshold()
+        stream_heap()
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches: Sampler[list[int]] = BatchSampler(sampler, batch_size, drop_last=drop_last)
     if shard is not None:

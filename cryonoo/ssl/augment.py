@@ -525,6 +525,11 @@ class Dream(_NoiseFactorViews):
         ``"shared"``: the J views of a latent are one rendering at one random pose with J noise
         draws. ``"per-view"``: each view renders the latent at its own random pose (J
         renderings), so the encoder sees the same conformation from J directions per step.
+    draws:
+        Noise draws per rendering with ``poses="per-view"``: the J views of a latent are
+        ``J / draws`` renderings at their own random poses, each with ``draws`` noise draws
+        (consecutive views), so a step renders ``J / draws`` images per latent (J must be a
+        multiple of ``draws``; default 1: every view its own rendering).
     fraction:
         The share of the batch that dreams, in ``(0, 1]``: ``M = max(2, round(fraction · B))``
         latents per step (at most ``B``), with the CTFs (and, for ``"posterior"``, the means)
@@ -548,6 +553,7 @@ class Dream(_NoiseFactorViews):
         latents: str = "prior",
         poses: str = "shared",
         fraction: float = 1.0,
+        draws: int = 1,
     ) -> None:
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -560,6 +566,14 @@ class Dream(_NoiseFactorViews):
         self.sigma = _check_sigma(sigma)
         self.noise_factors = _check_factors(noise_factors)
         self.latents = latents
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"draws must be an integer ≥ 1, got {draws!r}")
+        if draws > 1 and (poses != "per-view" or len(self.noise_factors) % draws):
+            raise ValueError(
+                f"draws = {draws} needs poses='per-view' and a number of views "
+                f"({len(self.noise_factors)}) that is a multiple of it"
+            )
+        self.draws = draws
 
     def draw(self, z: Tensor, generator: torch.Generator | None) -> Tensor:
         """``(B, zdim)`` latents to render, given the batch's ``(B, zdim)`` posterior means."""
@@ -609,25 +623,28 @@ class Dream(_NoiseFactorViews):
         targets: Tensor,
         generator: torch.Generator | None,
     ) -> Views:
-        """J renderings of ``targets`` ``(B, zdim)``, each view at its own random pose."""
-        n_views, n_img = self.num_views, len(batch)
+        """J views of ``targets`` ``(B, zdim)``: ``J / draws`` renderings at their own random
+        poses, each view ``j`` the rendering ``j // draws`` with its own noise."""
+        n_render, n_img = self.num_views // self.draws, len(batch)
         rot = random_rotations(
-            n_views * n_img, generator, dtype=batch.rot.dtype, device=batch.rot.device
+            n_render * n_img, generator, dtype=batch.rot.dtype, device=batch.rot.device
         )
-        with torch.no_grad():  # one decoder call for all J·B renderings
-            ctf = None if batch.ctf is None else batch.ctf.repeat(n_views, 1)
-            render = model.render(targets.repeat(n_views, 1), rot, ctf)
-        render = render.detach().float().reshape(n_views, n_img, *render.shape[1:])
+        with torch.no_grad():  # one decoder call for all renderings
+            ctf = None if batch.ctf is None else batch.ctf.repeat(n_render, 1)
+            render = model.render(targets.repeat(n_render, 1), rot, ctf)
+        render = render.detach().float().reshape(n_render, n_img, *render.shape[1:])
         views = torch.stack(
             [
-                noisy_views(render[j], self.sigma, (f,), generator)[0]
-                for j, f in enumerate(self.noise_factors)  # J is small (1–4)
+                noisy_views(render[j // self.draws], self.sigma, (f,), generator)[0]
+                for j, f in enumerate(self.noise_factors)  # J is small (1–8)
             ]
         )
-        return Views(views, batch.ctf, rot=rot.reshape(n_views, n_img, 3, 3), targets=targets)
+        rot = rot.reshape(n_render, n_img, 3, 3).repeat_interleave(self.draws, dim=0)
+        return Views(views, batch.ctf, rot=rot, targets=targets)
 
     def __repr__(self) -> str:
         return (
             f"Dream(sigma={self.sigma:g}, noise_factors={self.noise_factors}, "
-            f"latents={self.latents!r}, poses={self.poses!r}, fraction={self.fraction:g})"
+            f"latents={self.latents!r}, poses={self.poses!r}, fraction={self.fraction:g}, "
+            f"draws={self.draws})"
         )

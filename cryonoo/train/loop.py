@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cryonoo.io.dataset import ParticleDataset
+from cryonoo.io.heap import reuse_heap
 from cryonoo.io.prefetch import prefetched
 from cryonoo.train.build import Training
 from cryonoo.train.checkpoint import save_checkpoint
@@ -232,6 +233,7 @@ def fit_epoch(
     if training.distills:
         training.model.set_epoch(epoch)
     training.model.train()
+    reuse_heap()  # every step frees and allocates the same buffers: keep them (cryonoo.io.heap)
     t0 = time.perf_counter()
     epoch_shuffle = training.loader_generator.get_state()  # this epoch's order is drawn from it
     done_before = progress.batches_done

@@ -199,13 +199,18 @@ def _sleep(name: str, **changes: Any) -> TrainConfig:
     return replace(_SLEEP, name=name, **changes)
 
 
-def _views_per_pose(name: str, views: int, fraction: float = 1.0, **changes: Any) -> TrainConfig:
+def _views_per_pose(
+    name: str, views: int, fraction: float = 1.0, draws: int = 1, **changes: Any
+) -> TrainConfig:
     """A sleep recipe whose dreams have ``views`` views, each at its own random pose, at the
     data's noise level, λ = 1 / views each (the sleep term's total weight stays 1); a share
-    ``fraction`` of each batch dreams (``Dream(fraction=…)``)."""
+    ``fraction`` of each batch dreams, and each rendering serves ``draws`` views with their own
+    noise (``Dream(fraction=…, draws=…)``)."""
     options: dict[str, Any] = {"poses": "per-view"}
     if fraction != 1.0:
         options["fraction"] = fraction
+    if draws != 1:
+        options["draws"] = draws
     return _sleep(
         name,
         noise_factors=(1.0,) * views,
@@ -316,6 +321,10 @@ RECIPES: dict[str, TrainConfig] = {
     ),
     "wake-sleep-2v-pv-ewd1": _views_per_pose(
         "wake-sleep-2v-pv-ewd1", 2, encoder_from_ssl_only=True, encoder_weight_decay=1.0
+    ),
+    # half the renderings: 8 views per dream from 4 renderings, 2 noise draws each (Round H)
+    "wake-sleep-8v-pv-ewd1-n2": _views_per_pose(
+        "wake-sleep-8v-pv-ewd1-n2", 8, draws=2, encoder_from_ssl_only=True, encoder_weight_decay=1.0
     ),
     # decoupled weight decay on the encoder alone: weights only training images excite decay
     # (Round G)

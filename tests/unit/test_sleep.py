@@ -97,6 +97,28 @@ def test_dream_fraction_renders_the_first_images_share_only():
             Dream(sigma=0.3, fraction=bad)
 
 
+def test_dream_draws_share_each_rendering_between_noise_draws():
+    model, batch = _vae(), _batch()
+    step = model.training_step(batch)
+    dream = Dream(sigma=0.3, noise_factors=(1.0,) * 4, poses="per-view", draws=2)
+    out = dream.make_views(batch, model, step, torch.Generator().manual_seed(5))
+    assert out.views.shape == (4, 8, D, D) and out.rot.shape == (4, 8, 3, 3)
+    assert torch.equal(out.rot[0], out.rot[1]) and torch.equal(out.rot[2], out.rot[3])
+    assert not torch.allclose(out.rot[0], out.rot[2])
+    # the same draws by hand: latents, then 2·B poses (two renderings), then four noise draws
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(8, ZDIM, generator=g)
+    rot = random_rotations(16, g, dtype=batch.rot.dtype).reshape(2, 8, 3, 3)
+    with torch.no_grad():
+        renders = [model.render(z, rot[r], batch.ctf) for r in range(2)]
+    expected = [noisy_views(renders[j // 2], 0.3, (1.0,), g)[0] for j in range(4)]
+    torch.testing.assert_close(out.views, torch.stack(expected))
+    assert not torch.allclose(out.views[0], out.views[1])  # same rendering, new noise
+    for bad in ({"draws": 0}, {"draws": 3}, {"draws": 2, "poses": "shared"}):
+        with pytest.raises(ValueError, match="draws"):
+            Dream(sigma=0.3, noise_factors=(1.0,) * 4, **{"poses": "per-view", **bad})
+
+
 def test_wrapper_scores_a_partial_dream_against_its_own_targets():
     model = _vae()
     wrapped = SelfDistillation(
