@@ -26,7 +26,7 @@ positions and ``dataset.indices`` maps them to particle numbers in the stack.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
 from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
 from cryonoo.io.heap import stream_heap
 from cryonoo.io.mrc import ParticleFileError
+from cryonoo.io.prefetch import prefetched
 from cryonoo.io.stack import ImageSource, Subset, check_finite, open_images
 from cryonoo.physics.ctf import ctf_params_for_box
 from cryonoo.physics.fft import ht2_center, symmetrize_ht
@@ -50,6 +51,7 @@ __all__ = [
     "Preprocessing",
     "available_memory_bytes",
     "estimate_norm_std",
+    "in_order",
     "make_loader",
     "open_dataset",
     "preprocess_images",
@@ -294,6 +296,14 @@ def make_loader(
         generator=generator if generator is not None else torch.Generator(),
         persistent_workers=num_workers > 0,
     )
+
+
+def in_order(dataset: ParticleDataset, batch_size: int, *, prefetch: int = 2) -> Iterator[Batch]:
+    """Every particle of ``dataset`` in dataset order, in :class:`Batch` es of ``batch_size``
+    (on the CPU), the next ``prefetch`` of them read and preprocessed on a background thread
+    while the caller works on the current one (:func:`cryonoo.io.prefetch.prefetched`; ``0``:
+    in turn). What every inference pass over a dataset iterates."""
+    return prefetched(make_loader(dataset, batch_size, shuffle=False, pin_memory=False), prefetch)
 
 
 def _ctf_params(ctf9: np.ndarray, box: int, source_path: object, rescale: bool) -> Tensor:

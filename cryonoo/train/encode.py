@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryonoo.io.dataset import ParticleDataset, make_loader
-from cryonoo.io.prefetch import prefetched
+from cryonoo.io.dataset import ParticleDataset, in_order
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.vae import HetVAE
 from cryonoo.types import ReconstructionModel
@@ -60,8 +59,7 @@ def encode_dataset(
     model.eval()
     mus, logvars = [], []
     posterior = hasattr(model, "encode_distribution")  # else: a plain `encode` (means only)
-    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
-    for batch in prefetched(loader, prefetch):
+    for batch in in_order(dataset, batch_size, prefetch=prefetch):
         b = batch.to(device)
         if posterior:
             mu, logvar = model.encode_distribution(b.images, b.ctf, b.trans, b.rot)

@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cryonoo.io.dataset import ParticleDataset, make_loader
-from cryonoo.io.prefetch import prefetched
+from cryonoo.io.dataset import ParticleDataset, in_order
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.refine import REFINE_LR, REFINE_STEPS
 from cryonoo.models.vae import HetVAE
@@ -90,8 +89,7 @@ def autodecode_dataset(
     """
     generator = torch.Generator(device=device).manual_seed(int(seed))
     out = []
-    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
-    for batch in prefetched(loader, prefetch):
+    for batch in in_order(dataset, batch_size, prefetch=prefetch):
         b = batch.to(device)
         z = model.fit_latents(b.images, b.rot, b.ctf, b.trans, steps, lr, generator, init=init)
         out.append(z.float().cpu())
@@ -114,8 +112,7 @@ def refine_dataset(
     order): :meth:`HetVAE.refine <cryonoo.models.vae.HetVAE.refine>` batch by batch. The result
     does not depend on ``batch_size`` (every image is refined independently)."""
     out = []
-    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
-    for batch in prefetched(loader, prefetch):
+    for batch in in_order(dataset, batch_size, prefetch=prefetch):
         b = batch.to(device)
         out.append(model.refine(b.images, b.rot, b.ctf, b.trans, steps=steps, lr=lr).cpu())
     if not out:
@@ -136,7 +133,7 @@ def infer_latents(
     prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(mu, logvar)`` (amortized) or ``(z, None)`` (autodecode, refine), each ``(N, zdim)``;
-    a lazy ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.make_loader`).
+    a lazy ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.in_order`).
 
     ``steps``/``lr`` (``None``: the method's defaults) are the Adam budget of autodecode and
     refine; ``seed`` seeds autodecode's random starts; ``prefetch`` batches are read ahead on
