@@ -326,6 +326,10 @@ RECIPES: dict[str, TrainConfig] = {
     "wake-sleep-8v-pv-ewd1-n2": _views_per_pose(
         "wake-sleep-8v-pv-ewd1-n2", 8, draws=2, encoder_from_ssl_only=True, encoder_weight_decay=1.0
     ),
+    # a quarter of the renderings: 8 views from 2 renderings, 4 noise draws each (Round I)
+    "wake-sleep-8v-pv-ewd1-n4": _views_per_pose(
+        "wake-sleep-8v-pv-ewd1-n4", 8, draws=4, encoder_from_ssl_only=True, encoder_weight_decay=1.0
+    ),
     # decoupled weight decay on the encoder alone: weights only training images excite decay
     # (Round G)
     "sleep-4v-pv-ewd1": _views_per_pose("sleep-4v-pv-ewd1", 4, encoder_weight_decay=1.0),
