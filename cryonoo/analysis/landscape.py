@@ -28,6 +28,7 @@ import numpy as np
 
 from cryonoo.analysis.inputs import check_ks, check_latents
 from cryonoo.eval.clusters import PCA, as_latents, kmeans
+from cryonoo.eval.embedding import umap_fit_transform
 
 __all__ = [
     "DEFAULT_KS",
@@ -153,19 +154,17 @@ def umap_embedding(z: Any, *, seed: int = 0, max_fit: int = UMAP_MAX_FIT) -> np.
     arr = as_latents(z)
     if arr.shape[1] < 2:
         return None
-    try:
-        import umap
-    except ImportError:
-        return None
     fit_idx = _subsample(arr.shape[0], max_fit, seed)
-    reducer = umap.UMAP(n_components=2, random_state=seed)
     if fit_idx is None:
-        return np.asarray(reducer.fit_transform(arr), dtype=np.float64)
-    emb = np.empty((arr.shape[0], 2))
-    emb[fit_idx] = np.asarray(reducer.fit_transform(arr[fit_idx]), dtype=np.float64)
+        embedded = umap_fit_transform(arr, seed=seed)
+        return None if embedded is None else embedded[0]
     rest = np.ones(arr.shape[0], dtype=bool)
     rest[fit_idx] = False
-    emb[rest] = np.asarray(reducer.transform(arr[rest]), dtype=np.float64)
+    embedded = umap_fit_transform(arr[fit_idx], arr[rest], seed=seed)
+    if embedded is None:
+        return None
+    emb = np.empty((arr.shape[0], 2))
+    emb[fit_idx], emb[rest] = embedded
     return emb
 
 

@@ -130,6 +130,15 @@ def demo(
     precision: Annotated[
         str | None, typer.Option("--precision", help="Network precision (default: demo).")
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "-j",
+            "--jobs",
+            help="Runs trained side by side in worker processes (default: one per CPU core, "
+            "one thread each; 1 on a GPU).",
+        ),
+    ] = None,
     sets: Annotated[list[str] | None, SETTINGS_OPTION] = None,
 ) -> None:
     """The main job: does self-distillation generalize better than the plain VAE?
@@ -169,7 +178,7 @@ def demo(
         ceiling=ceiling,
         settings=tuple(sets or ()),
     )
-    results = _run_with_progress(outdir, names, [seed], config, device)
+    results = _run_with_progress(outdir, names, [seed], config, device, jobs)
     per_seed = dict(results[str(seed)])
     oracle = per_seed.pop("ceiling", None)
     summary = {**per_seed, "recommended": RECOMMENDED}
@@ -186,6 +195,19 @@ def demo(
     console.print(f"summary: {outdir / 'summary.json'}")
 
 
+def _auto_jobs(device: str, n_tasks: int) -> int:
+    """Worker processes for ``n_tasks`` benchmark tasks: one per usable CPU on a CPU (one
+    thread each), one process on a GPU."""
+    from cryonoo.experiments.jobs import usable_cpus
+    from cryonoo.train.encode import resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        _fail(str(exc))
+    return 1 if dev.type != "cpu" else max(1, min(usable_cpus(), n_tasks))
+
+
 def _demo_precision(device: str) -> str:
     """bf16 where it is fast (CUDA, CPUs with native bfloat16), else fp32."""
     from cryonoo.train.encode import resolve_device
@@ -198,8 +220,15 @@ def _demo_precision(device: str) -> str:
     return "auto" if dev.type == "cuda" else ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
-def _run_with_progress(outdir: Path, recipes: list[str], seeds: list[int], config, device: str):
+def _run_with_progress(
+    outdir: Path, recipes: list[str], seeds: list[int], config, device: str, jobs: int | None
+):
     from cryonoo.experiments.benchmark import run_benchmark
+
+    if jobs is None:
+        jobs = _auto_jobs(device, len(recipes) * len(seeds) + (len(seeds) if config.ceiling else 0))
+    elif jobs < 1:
+        _fail(f"--jobs must be ≥ 1, got {jobs}")
 
     n_train = round(config.n_images * 0.8)
     total = len(recipes) * len(seeds) * config.epochs * n_train
@@ -214,7 +243,7 @@ def _run_with_progress(outdir: Path, recipes: list[str], seeds: list[int], confi
 
         try:
             return run_benchmark(
-                outdir, recipes, seeds, config, device=device, log=log, on_step=on_step
+                outdir, recipes, seeds, config, device=device, log=log, on_step=on_step, jobs=jobs
             )
         except (KeyError, ValueError) as exc:
             _fail(str(exc))
@@ -244,6 +273,15 @@ def bench_generalization(
     ] = True,
     device: Annotated[str, typer.Option()] = "auto",
     precision: Annotated[str | None, PRECISION_OPTION] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "-j",
+            "--jobs",
+            help="Runs trained side by side in worker processes (CPU: threads "
+            "shared between them).",
+        ),
+    ] = 1,
     sets: Annotated[list[str] | None, SETTINGS_OPTION] = None,
 ) -> None:
     """Generalization over several seeds and recipes: mean ± std across seeds.
@@ -273,7 +311,7 @@ def bench_generalization(
         settings=tuple(sets or ()),
     )
     seed_list = list(range(first_seed, first_seed + seeds))
-    results = _run_with_progress(outdir, names, seed_list, config, device)
+    results = _run_with_progress(outdir, names, seed_list, config, device, jobs)
     summary = summarize_seeds(results)
     oracle = summarize_ceiling(results)
     with atomic_write(outdir / "summary.json", "w") as fh:

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cryonoo.eval.clusters import as_latents, pca_fit
+from cryonoo.eval.embedding import umap_available, umap_fit_transform
 
 __all__ = [
     "plot_fsc_curves",
@@ -250,15 +251,6 @@ def plot_latent_pca(
     return _latent_figure(pca.transform(zt), pca.transform(zs), path, labels, names, full)
 
 
-def umap_available() -> bool:
-    """Whether the optional ``umap-learn`` package can be imported."""
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def plot_latent_umap(
     z_train: Any,
     z_test: Any,
@@ -280,13 +272,10 @@ def plot_latent_umap(
     zt, zs, labels = _prepare(z_train, z_test, labels_train, labels_test, label_name, cmap)
     if zt.shape[1] == 1:
         return None
-    try:
-        import umap
-    except ImportError:
+    embedded = umap_fit_transform(zt, zs, seed=seed)
+    if embedded is None:
         return None
-    reducer = umap.UMAP(n_components=2, random_state=seed)
-    emb_train = np.asarray(reducer.fit_transform(zt), dtype=np.float64)
-    emb_test = np.asarray(reducer.transform(zs), dtype=np.float64)
+    emb_train, emb_test = embedded
     full = _full_title(title, method_name, "UMAP fitted on train")
     return _latent_figure(emb_train, emb_test, path, labels, ("UMAP 1", "UMAP 2"), full)
 

@@ -20,6 +20,7 @@ import numpy as np
 from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.experiments.ceiling import CeilingConfig, label_ceiling
+from cryonoo.experiments.jobs import run_tasks
 from cryonoo.experiments.overview import plot_overview
 from cryonoo.experiments.report import evaluate_run
 from cryonoo.io.atomic import atomic_write
@@ -31,12 +32,15 @@ from cryonoo.train.trainer import train
 
 __all__ = [
     "BenchmarkConfig",
+    "BenchmarkTask",
     "benchmark_recipe",
     "format_tables",
     "run_benchmark",
+    "run_task",
     "simulate_dataset",
     "summarize_ceiling",
     "summarize_seeds",
+    "task_cost",
 ]
 
 Log = Callable[[str], None]
@@ -125,6 +129,7 @@ def run_benchmark(
     device: str | None = None,
     log: Log | None = None,
     on_step: StepHook | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every recipe for every seed; returns ``{seed: {recipe: metrics}}`` (also saved).
 
@@ -134,6 +139,10 @@ def run_benchmark(
     against. ``overview_seed{seed}.png`` shows every recipe's seen and unseen latents and the
     maps decoded from a few unseen images (:func:`cryonoo.experiments.overview.plot_overview`).
     ``results.json`` holds everything.
+
+    ``jobs > 1`` trains the (seed, recipe) runs and the ceilings side by side in that many
+    worker processes (:mod:`cryonoo.experiments.jobs`; the usable CPUs shared between them), the
+    costliest first; each run is the same as when trained alone with that many threads.
     """
     say = log or (lambda _msg: None)
     root = Path(outdir)
@@ -147,47 +156,22 @@ def run_benchmark(
                 "benchmarks/refine.py --autodecoder RUN)"
             )
     PHANTOMS.get(config.phantom)
+    for seed in seeds:
+        simulate_dataset(root / f"data_seed{seed}", config, seed, say)
+    tasks = [BenchmarkTask(root, seed, name, config, device) for seed in seeds for name in recipes]
+    if config.ceiling:
+        tasks += [BenchmarkTask(root, seed, CEILING, config, device) for seed in seeds]
+    tasks.sort(key=task_cost, reverse=True)
+    done = run_tasks(run_task, tasks, jobs=jobs, log=say, on_step=on_step)
     results: dict[str, Any] = {}
     for seed in seeds:
-        data_dir = simulate_dataset(root / f"data_seed{seed}", config, seed, say)
-        dataset = open_dataset(data_dir, ind="train")
-        per_seed: dict[str, Any] = {}
-        for name in recipes:
-            recipe = benchmark_recipe(name, config, seed)
-            run_dir = root / f"{name}_seed{seed}"
-            say(f"training {name} (seed {seed}) → {run_dir}")
-            resume = (run_dir / "config.json").is_file()
-            train(
-                recipe,
-                dataset,
-                run_dir,
-                device=device,
-                resume=resume,
-                on_step=on_step,
-                data_info={"particles": str(data_dir), "ind": "train"},
-            )
-            say(f"evaluating {name} (seed {seed})")
-            per_seed[name] = evaluate_run(
-                run_dir,
-                data_dir,
-                run_dir / "eval",
-                seed=seed,
-                device=device,
-                kmeans_k=config.kmeans_k,
-            )
-        if config.ceiling:
-            say(f"measuring the label ceiling (seed {seed})")
-            per_seed[CEILING] = label_ceiling(
-                root / f"ceiling_seed{seed}",
-                data_dir,
-                config,
-                seed,
-                config=CeilingConfig(),
-                device=device,
-                log=say,
-            )
+        per_seed = {t.name: m for t, m in zip(tasks, done, strict=True) if t.seed == seed}
+        per_seed = {
+            name: per_seed[name] for name in [*recipes, CEILING] if name in per_seed
+        }  # recipes in the order given, then the ceiling
         runs = {name: root / f"{name}_seed{seed}" for name in recipes}
         oracle = per_seed.get(CEILING, {}).get("label_r2")
+        data_dir = root / f"data_seed{seed}"
         plot_overview(root / f"overview_seed{seed}.png", data_dir, runs, per_seed, ceiling=oracle)
         results[str(seed)] = per_seed
     record = {
@@ -199,6 +183,67 @@ def run_benchmark(
     with atomic_write(root / "results.json", "w") as fh:
         json.dump(record, fh, indent=2)
     return results
+
+
+@dataclass(frozen=True)
+class BenchmarkTask:
+    """One recipe (or, with ``name == "ceiling"``, the label ceiling) of one benchmark seed."""
+
+    root: Path
+    seed: int
+    name: str
+    config: BenchmarkConfig
+    device: str | None = None
+
+
+def task_cost(task: BenchmarkTask) -> float:
+    """Relative training cost (plain-VAE epochs): the post-warm-up epochs of a recipe with an
+    SSL term count once more per rendered view; the ceiling counts as a few epochs."""
+    if task.name == CEILING:
+        return 4.0
+    recipe = benchmark_recipe(task.name, task.config, task.seed)
+    if recipe.ssl is None:
+        return float(recipe.epochs)
+    views = len(recipe.noise_factors) / max(1, int(recipe.augment_options.get("draws", 1)))
+    return recipe.epochs + (recipe.epochs - recipe.warmup_epochs) * 0.5 * views
+
+
+def run_task(task: BenchmarkTask, log: Log, on_step: StepHook | None) -> dict[str, Any]:
+    """Train and evaluate one recipe of one seed (resuming a run already there), or measure the
+    seed's label ceiling → its metrics. The seed's dataset must have been simulated."""
+    data_dir = task.root / f"data_seed{task.seed}"
+    if task.name == CEILING:
+        log(f"measuring the label ceiling (seed {task.seed})")
+        return label_ceiling(
+            task.root / f"ceiling_seed{task.seed}",
+            data_dir,
+            task.config,
+            task.seed,
+            config=CeilingConfig(),
+            device=task.device,
+            log=log,
+        )
+    recipe = benchmark_recipe(task.name, task.config, task.seed)
+    run_dir = task.root / f"{task.name}_seed{task.seed}"
+    log(f"training {task.name} (seed {task.seed}) → {run_dir}")
+    train(
+        recipe,
+        open_dataset(data_dir, ind="train"),
+        run_dir,
+        device=task.device,
+        resume=(run_dir / "config.json").is_file(),
+        on_step=on_step,
+        data_info={"particles": str(data_dir), "ind": "train"},
+    )
+    log(f"evaluating {task.name} (seed {task.seed})")
+    return evaluate_run(
+        run_dir,
+        data_dir,
+        run_dir / "eval",
+        seed=task.seed,
+        device=task.device,
+        kmeans_k=task.config.kmeans_k,
+    )
 
 
 _FIELDS: dict[str, tuple[str, ...]] = {

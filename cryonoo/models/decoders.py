@@ -127,11 +127,16 @@ class _ImplicitDecoder(nn.Module):
         z_one = None if z is None else z.to(device=device, dtype=torch.float32)
         spec = torch.zeros(D**3, device=device, dtype=torch.float32)
         spec[plane] = self(grid[plane].to(torch.float32)[None], z_one)[0]
-        pts = grid[rest].to(torch.float32)
-        values = [self.hartley(p[None], z_one)[0] for p in pts.split(_VOLUME_CHUNK)]
-        spec[rest] = torch.cat(values)
+        self._fill_off_plane(spec, grid.to(torch.float32), rest, z_one)
         spec = spec * float(norm_std)
         return iht3_center(spec.reshape(D, D, D)[:-1, :-1, :-1])
+
+    def _fill_off_plane(self, spec: Tensor, grid: Tensor, rest: Tensor, z: Tensor | None) -> None:
+        """Write the Hartley values at the ``rest`` points of the ``(D³, 3)`` ``grid`` into
+        ``spec`` ``(D³,)``: every point evaluated, in chunks."""
+        pts = grid[rest]
+        values = [self.hartley(p[None], z)[0] for p in pts.split(_VOLUME_CHUNK)]
+        spec[rest] = torch.cat(values)
 
 
 class FourierDecoder(_ImplicitDecoder):
@@ -166,6 +171,17 @@ class FourierDecoder(_ImplicitDecoder):
         """``(…, N)`` Hartley values ``Re − Im`` evaluated at every point."""
         out = self.decode(coords, z, validate=validate)
         return out[..., 0] - out[..., 1]
+
+    def _fill_off_plane(self, spec: Tensor, grid: Tensor, rest: Tensor, z: Tensor | None) -> None:
+        """As the base class, evaluating the network once per ``±k`` pair: ``decode`` sends
+        ``kz > 0`` to ``−k`` anyway, so the ``kz < 0`` half gives ``H(k) = Re − Im`` there and
+        ``H(−k) = Re + Im`` at the mirror point (flat index ``D³ − 1 − i`` of the centred odd
+        lattice). Same values as evaluating every point, half the work."""
+        lower = torch.nonzero(rest & (grid[:, 2] < 0)).squeeze(1)
+        parts = [self.decode(grid[i][None], z)[0] for i in lower.split(_VOLUME_CHUNK)]
+        out = torch.cat(parts)
+        spec[lower] = out[:, 0] - out[:, 1]
+        spec[spec.shape[0] - 1 - lower] = out[:, 0] + out[:, 1]
 
     def forward(self, coords: Tensor, z: Tensor | None, *, validate: bool = True) -> Tensor:
         """``(…, N, 3)`` point-symmetric raster-ordered points → ``(…, N)`` Hartley values.

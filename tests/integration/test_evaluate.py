@@ -183,3 +183,29 @@ def test_summarize_seeds_math():
     assert "| ceiling (supervised encoder, fresh images) | 0.600 ± 0.000 | 0.600 ± 0.100 |" in (
         format_tables(s, c)
     )
+
+
+def test_bench_in_worker_processes_gives_the_same_numbers(tmp_path):
+    """`--jobs 2` (one-thread workers) reproduces every metric of one process at one thread."""
+    import torch
+
+    from cryonoo.experiments.benchmark import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(
+        box=16, n_images=160, epochs=2, enc_dim=16, dec_dim=16, n_conformations=8, zdim=2
+    )
+    recipes = ["cryodrgn"]  # and the ceiling: two tasks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = run_benchmark(tmp_path / "alone", recipes, [0], config, jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    steps: list[dict] = []
+    side = run_benchmark(tmp_path / "side", recipes, [0], config, jobs=2, on_step=steps.append)
+    assert set(side["0"]) == {"cryodrgn", "ceiling"}
+    for name in recipes:
+        for key in ("per_image_fsc", "latent_shift", "label_recovery"):
+            assert side["0"][name][key] == alone["0"][name][key], (name, key)
+    assert side["0"]["ceiling"]["label_r2"] == alone["0"]["ceiling"]["label_r2"]
+    assert sum(e["images"] for e in steps) == 2 * 128  # the recipe's training images

@@ -254,3 +254,32 @@ def test_plot_metric_bars(tmp_path) -> None:
     _assert_png(plot_metric_bars(summary, None, tmp_path / "n.png", title="t", ylabel="AUC"))
     with pytest.raises(ValueError):
         plot_metric_bars({}, None, tmp_path / "o.png")
+
+
+def test_umap_leaves_torch_threads_as_they_were(monkeypatch) -> None:
+    """numba's OpenMP layer (under umap-learn) raises the process's thread count to every core;
+    the embedding puts torch's back (a one-thread benchmark worker stays one thread). A stand-in
+    ``umap`` module does what numba does."""
+
+    class RaisesThreads:
+        def __init__(self, **_kw) -> None:
+            pass
+
+        def fit_transform(self, x):
+            torch.set_num_threads(2)
+            return np.zeros((len(x), 2))
+
+        def transform(self, x):
+            return np.ones((len(x), 2))
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=RaisesThreads))
+    from cryonoo.eval.embedding import umap_fit_transform
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        emb_fit, emb_rest = umap_fit_transform(np.zeros((5, 3)), np.zeros((4, 3)))
+        assert emb_fit.shape == (5, 2) and emb_rest.shape == (4, 2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -290,3 +290,27 @@ def test_device_step_matches_cpu(device: torch.device) -> None:
     with torch.autocast(device.type, dtype=dtype):
         amp = m.train().training_step(b.to(device))
     assert amp.loss.dtype == torch.float32 and torch.isfinite(amp.loss)
+
+
+def test_fourier_volume_pairs_points_and_matches_every_point_evaluation() -> None:
+    """``volume`` of the Hermitian decoder evaluates the network once per ±k pair and gives the
+    map of evaluating ``hartley`` at every point of the sphere (the base class's path)."""
+    from cryonoo.models.decoders import _ImplicitDecoder
+
+    torch.manual_seed(3)
+    D = 17
+    dec = FourierDecoder(D, zdim=2, layers=1, dim=16, pe_dim=4)
+    z = torch.randn(2)
+    rows = []
+    hook = dec.mlp.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[-2]))
+    paired = dec.volume(z)
+    hook.remove()
+    dec._fill_off_plane = _ImplicitDecoder._fill_off_plane.__get__(dec)  # every point evaluated
+    every = dec.volume(z)
+    torch.testing.assert_close(paired, every, rtol=0, atol=1e-6)
+    axis = torch.arange(D) - D // 2
+    kz, ky, kx = torch.meshgrid(axis, axis, axis, indexing="ij")
+    in_sphere = int(((kx**2 + ky**2 + kz**2).float() / (D - 1) ** 2 <= 0.25).sum())
+    in_plane = int(((kx**2 + ky**2).float() / (D - 1) ** 2 <= 0.25).sum())
+    # the kz = 0 plane: half + DC through forward; off the plane: one evaluation per pair
+    assert sum(rows) == (in_plane + 1) // 2 + (in_sphere - in_plane) // 2

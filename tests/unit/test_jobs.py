@@ -1,0 +1,63 @@
+"""Benchmark tasks in worker processes: results in order, progress forwarded, errors raised."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cryonoo.experiments.jobs import run_tasks, threads_per_job, usable_cpus
+
+
+def _square(task, log, on_step):
+    """A task: reports one log line and one step event, returns (task², its process id)."""
+    import torch
+
+    log(f"task {task}")
+    if on_step is not None:
+        on_step({"images": task, "threads": torch.get_num_threads()})
+    return task * task, os.getpid()
+
+
+def _fails_on_two(task, log, on_step):
+    if task == 2:
+        raise ValueError("task 2 is bad")
+    return task
+
+
+def test_in_process_when_one_job() -> None:
+    messages, events = [], []
+    out = run_tasks(_square, [3, 1, 2], jobs=1, log=messages.append, on_step=events.append)
+    assert [r for r, _ in out] == [9, 1, 4]
+    assert {pid for _, pid in out} == {os.getpid()}
+    assert messages == ["task 3", "task 1", "task 2"] and [e["images"] for e in events] == [3, 1, 2]
+
+
+def test_workers_return_in_task_order_and_forward_progress() -> None:
+    messages, events = [], []
+    tasks = [5, 4, 3, 2, 1]
+    out = run_tasks(_square, tasks, jobs=2, threads=1, log=messages.append, on_step=events.append)
+    assert [r for r, _ in out] == [t * t for t in tasks]  # the order given, not finishing order
+    pids = {pid for _, pid in out}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert sorted(messages) == sorted(f"task {t}" for t in tasks)
+    assert sorted(e["images"] for e in events) == sorted(tasks)
+    assert {e["threads"] for e in events} == {1}  # the worker's torch thread count
+
+
+def test_a_failing_task_raises_in_the_caller() -> None:
+    with pytest.raises(ValueError, match="task 2 is bad"):
+        run_tasks(_fails_on_two, [1, 2, 3], jobs=2, threads=1)
+    with pytest.raises(ValueError, match="task 2 is bad"):
+        run_tasks(_fails_on_two, [1, 2, 3], jobs=1)
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_bad_job_counts_are_refused(jobs) -> None:
+    with pytest.raises(ValueError, match="jobs must be an integer"):
+        run_tasks(_square, [1], jobs=jobs)
+
+
+def test_threads_share_the_cpus() -> None:
+    n = usable_cpus()
+    assert threads_per_job(1) == n and threads_per_job(n) == 1 and threads_per_job(4 * n) == 1
