@@ -86,7 +86,7 @@ def list_components() -> None:
     """List every registry, the components registered in it, and the training recipes."""
     from cryonoo.registries import all_registries
     from cryonoo.train.config_file import describe_recipe
-    from cryonoo.train.recipes import RECIPES
+    from cryonoo.train.recipes import RECIPES, RECOMMENDED
 
     table = Table(title="cryonoo components")
     table.add_column("registry", style="bold cyan")
@@ -96,7 +96,8 @@ def list_components() -> None:
         for i, name in enumerate(registry.names()):
             table.add_row(reg_name if i == 0 else "", name, registry.describe(name))
     for i, name in enumerate(RECIPES):
-        table.add_row("RECIPES" if i == 0 else "", name, describe_recipe(name))
+        note = "recommended (cryonoo demo): " if name == RECOMMENDED else ""
+        table.add_row("RECIPES" if i == 0 else "", name, note + describe_recipe(name))
     console.print(table)
 
 

@@ -118,8 +118,8 @@ def demo(
     recipes: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated recipes (default: cryodrgn and the recommended one; add "
-            "cryonoo for the paper's recipe)."
+            help="Comma-separated recipes (default: cryodrgn, cryonoo — the paper's recipe — "
+            "and the recommended one)."
         ),
     ] = None,
     ceiling: Annotated[
@@ -144,12 +144,12 @@ def demo(
     """The main job: does self-distillation generalize better than the plain VAE?
 
     Simulates the built-in `hinge` dataset (a two-domain hinge closing, SNR 0.1), trains the
-    plain VAE (`cryodrgn`) and the recommended recipe (`wake-sleep-8v-pv-ewd1`) with the same
-    seed, architecture and epochs on its train split (`--recipes
-    cryodrgn,cryonoo,wake-sleep-8v-pv-ewd1` adds the paper's recipe), trains a supervised
-    encoder of the same size on fresh images with the true labels (the ceiling of what one
-    image carries), evaluates every recipe on seen (train) and unseen (test) images and
-    prints the tables.
+    plain VAE (`cryodrgn`), the paper's recipe (`cryonoo`) and the recommended recipe
+    (`cryonoo list` names it) with the same seed, architecture and epochs on its train split,
+    trains a supervised encoder of the same size on fresh images with the true labels (the
+    ceiling of what one image carries), evaluates every recipe on seen (train) and unseen
+    (test) images and prints the tables. On a CPU the runs train side by side, one worker
+    process per core (`--jobs`); each run is the one `cryonoo bench generalization` trains.
     Writes OUTDIR/summary.json ({recipe: metrics, "recommended": name, "ceiling": {...}}) and
     figures. Precision: bf16 autocast on CPUs with native bfloat16 and on CUDA, else fp32.
     """
@@ -161,7 +161,7 @@ def demo(
     names = (
         [r.strip() for r in recipes.split(",") if r.strip()]
         if recipes
-        else ["cryodrgn", RECOMMENDED]
+        else ["cryodrgn", "cryonoo", RECOMMENDED]
     )
     config = _benchmark_config(
         phantom=phantom,

@@ -124,31 +124,54 @@ class LatticeModel(nn.Module):
         y = y.index_select(1, self._loss_pos)
         return y, None if c is None else c.index_select(1, self._loss_pos)
 
-    def _slice_coords(self, rot: Tensor) -> Tensor:
-        with self._autocast_off():  # (Npix, 2) @ (B, 2, 3): z = 0, so only R's first rows
-            return torch.einsum("nj,bjk->bnk", self._coords2, rot[:, :2].float())
+    def _slice_coords(self, rot: Tensor, coords2: Tensor | None = None) -> Tensor:
+        """``(B, N, 3)`` frequencies of the central slices at ``rot`` of the loss-mask points
+        (or of ``coords2`` ``(N, 2)``, a raster-ordered subset of them)."""
+        points = self._coords2 if coords2 is None else coords2
+        with self._autocast_off():  # (N, 2) @ (B, 2, 3): z = 0, so only R's first rows
+            return torch.einsum("nj,bjk->bnk", points, rot[:, :2].float())
 
-    def _decode(self, z: Tensor, rot: Tensor, c: Tensor | None) -> Tensor:
-        """``(B, Npix)`` CTF-modulated decoded values at the loss-mask points."""
-        pred = self.decoder(self._slice_coords(rot), z, validate=False).float()
+    def _decode(
+        self, z: Tensor, rot: Tensor, c: Tensor | None, coords2: Tensor | None = None
+    ) -> Tensor:
+        """``(B, N)`` CTF-modulated decoded values at the loss-mask points (or ``coords2``)."""
+        pred = self.decoder(self._slice_coords(rot, coords2), z, validate=False).float()
         return pred if c is None else pred * c
+
+    def _band_positions(self, band: float) -> Tensor:
+        """Positions among the loss-mask points with ``|k| ≤ band`` cycles/pixel (a disk: still
+        point symmetric and in raster order, as the Hermitian decoder needs)."""
+        if not 0.0 < float(band) <= 0.5:
+            raise ValueError(f"band must be in (0, 0.5] cycles/pixel, got {band!r}")
+        return (self._coords2.pow(2).sum(1) <= float(band) ** 2).nonzero()[:, 0]
 
     def _to_image(self, values: Tensor) -> Tensor:
         out = values.new_zeros(values.shape[0], self.D * self.D)
         return out.index_copy(1, self._loss_idx, values).reshape(-1, self.D, self.D)
 
     # ------------------------------------------------------------- protocol
-    def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
+    def render(
+        self, z: Tensor, rot: Tensor, ctf: Tensor | None = None, *, band: float | None = None
+    ) -> Tensor:
         """``(B, zdim)``, ``(B, 3, 3)``, ``(B, 8)|None`` → ``(B, D, D)`` CTF-modulated decoded
-        Hartley images, zero outside the loss mask."""
+        Hartley images, zero outside the loss mask.
+
+        ``band`` (cycles/pixel, in ``(0, 0.5]``) decodes only the points with ``|k| ≤ band``
+        and leaves the rest zero: a low-pass rendering for about ``(2·band)²`` of the work.
+        """
         b = self._check_z(z)
         self._check(rot, "rot", (b, 3, 3), "one rotation matrix per latent")
         self._check(ctf, "ctf", (b, 8), "[Apix, dfu, dfv, dfang, kV, cs, w, phase] per latent")
+        pos = None if band is None else self._band_positions(band)
+        coords2 = self._coords2 if pos is None else self._coords2[pos]
         c = None
         if ctf is not None:
             with self._autocast_off():
-                c = ctf_from_params(self._coords2, ctf.float(), validate=False)
-        return self._to_image(self._decode(z, rot, c))
+                c = ctf_from_params(coords2, ctf.float(), validate=False)
+        values = self._decode(z, rot, c, coords2)
+        if pos is not None:
+            values = values.new_zeros(b, self.n_pix).index_copy(1, pos, values)
+        return self._to_image(values)
 
     def latent_prior(self, z: Tensor) -> Tensor:
         """``(B,)`` float32 prior term of point latents ``z`` ``(B, zdim)`` in test-time fitting,

@@ -535,6 +535,10 @@ class Dream(_NoiseFactorViews):
         latents per step (at most ``B``), with the CTFs (and, for ``"posterior"``, the means)
         of the batch's first ``M`` images — the batch is already a random draw. A step then
         renders ``J · M`` images instead of ``J · B``: the sleep phase's cost scales with it.
+    band:
+        Render only the frequencies ``|k| ≤ band`` (cycles/pixel, in ``(0, 0.5]``; the model's
+        ``render(…, band=…)``), zero beyond, before the noise: low-pass dreams for about
+        ``(2·band)²`` of the decoder's work. ``None`` (default): the whole loss disk.
 
     Returns ``(views (J, M, D, D), ctf (M, 8), targets (M, zdim))`` (``M = B`` by default); the
     views are centred renderings, independent of ``batch.trans``. :meth:`make_views` adds the
@@ -554,7 +558,11 @@ class Dream(_NoiseFactorViews):
         poses: str = "shared",
         fraction: float = 1.0,
         draws: int = 1,
+        band: float | None = None,
     ) -> None:
+        if band is not None and not 0.0 < float(band) <= 0.5:
+            raise ValueError(f"band must be in (0, 0.5] cycles/pixel, got {band!r}")
+        self.band = None if band is None else float(band)
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         self.fraction = float(fraction)
@@ -603,9 +611,16 @@ class Dream(_NoiseFactorViews):
             len(batch), generator, dtype=batch.rot.dtype, device=batch.rot.device
         )
         with torch.no_grad():
-            render = model.render(targets, rot, batch.ctf).detach()
+            render = self._render(model, targets, rot, batch.ctf).detach()
         views = noisy_views(render.float(), self.sigma, self.noise_factors, generator)
         return Views(views, batch.ctf, rot=_per_view(rot, self.num_views), targets=targets)
+
+    def _render(
+        self, model: ReconstructionModel, z: Tensor, rot: Tensor, ctf: Tensor | None
+    ) -> Tensor:
+        if self.band is None:
+            return model.render(z, rot, ctf)
+        return model.render(z, rot, ctf, band=self.band)
 
     def _dreamers(self, batch: Batch) -> Batch:
         """The batch's first ``M`` images (all of them when ``fraction`` is 1)."""
@@ -631,7 +646,7 @@ class Dream(_NoiseFactorViews):
         )
         with torch.no_grad():  # one decoder call for all renderings
             ctf = None if batch.ctf is None else batch.ctf.repeat(n_render, 1)
-            render = model.render(targets.repeat(n_render, 1), rot, ctf)
+            render = self._render(model, targets.repeat(n_render, 1), rot, ctf)
         render = render.detach().float().reshape(n_render, n_img, *render.shape[1:])
         views = torch.stack(
             [
@@ -646,5 +661,5 @@ class Dream(_NoiseFactorViews):
         return (
             f"Dream(sigma={self.sigma:g}, noise_factors={self.noise_factors}, "
             f"latents={self.latents!r}, poses={self.poses!r}, fraction={self.fraction:g}, "
-            f"draws={self.draws})"
+            f"draws={self.draws}, band={self.band})"
         )

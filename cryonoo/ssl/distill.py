@@ -341,9 +341,9 @@ class SelfDistillation(nn.Module):
             kwargs["rot"] = rot
         return self.model.encode(images, ctf, **kwargs)
 
-    def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None) -> Tensor:
-        """The wrapped model's ``render``."""
-        return self.model.render(z, rot, ctf)
+    def render(self, z: Tensor, rot: Tensor, ctf: Tensor | None = None, **options: Any) -> Tensor:
+        """The wrapped model's ``render`` (keyword ``options`` such as ``band`` passed on)."""
+        return self.model.render(z, rot, ctf, **options)
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> StepOutput:
         """Same as :meth:`training_step` (so the wrapper can sit inside DDP)."""

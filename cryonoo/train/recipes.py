@@ -200,17 +200,24 @@ def _sleep(name: str, **changes: Any) -> TrainConfig:
 
 
 def _views_per_pose(
-    name: str, views: int, fraction: float = 1.0, draws: int = 1, **changes: Any
+    name: str,
+    views: int,
+    fraction: float = 1.0,
+    draws: int = 1,
+    band: float | None = None,
+    **changes: Any,
 ) -> TrainConfig:
     """A sleep recipe whose dreams have ``views`` views, each at its own random pose, at the
     data's noise level, λ = 1 / views each (the sleep term's total weight stays 1); a share
     ``fraction`` of each batch dreams, and each rendering serves ``draws`` views with their own
-    noise (``Dream(fraction=…, draws=…)``)."""
+    noise (``Dream(fraction=…, draws=…)``); ``band`` low-passes the renderings."""
     options: dict[str, Any] = {"poses": "per-view"}
     if fraction != 1.0:
         options["fraction"] = fraction
     if draws != 1:
         options["draws"] = draws
+    if band is not None:
+        options["band"] = band
     return _sleep(
         name,
         noise_factors=(1.0,) * views,
@@ -329,6 +336,15 @@ RECIPES: dict[str, TrainConfig] = {
     # a quarter of the renderings: 8 views from 2 renderings, 4 noise draws each (Round I)
     "wake-sleep-8v-pv-ewd1-n4": _views_per_pose(
         "wake-sleep-8v-pv-ewd1-n4", 8, draws=4, encoder_from_ssl_only=True, encoder_weight_decay=1.0
+    ),
+    # low-pass dreams: 8 renderings of |k| ≤ 0.3125 cycles/px (95 % of the signal's power,
+    # 39 % of the points) (Round I)
+    "wake-sleep-8v-pv-ewd1-lp": _views_per_pose(
+        "wake-sleep-8v-pv-ewd1-lp",
+        8,
+        band=0.3125,
+        encoder_from_ssl_only=True,
+        encoder_weight_decay=1.0,
     ),
     # decoupled weight decay on the encoder alone: weights only training images excite decay
     # (Round G)

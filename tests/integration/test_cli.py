@@ -28,9 +28,11 @@ def test_version_and_list():
         assert name in out.output
         for entry in registry.names():
             assert entry in out.output
-    from cryonoo.train.recipes import RECIPES
+    from cryonoo.train.recipes import RECIPES, RECOMMENDED
 
     assert all(name in out.output for name in RECIPES)
+    row = next(line for line in out.output.splitlines() if f" {RECOMMENDED} " in line)
+    assert "recommended" in row
 
 
 @pytest.fixture(scope="module")

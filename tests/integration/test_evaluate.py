@@ -38,7 +38,7 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_writes_summary_and_tables(demo_dir):
     summary = json.loads((demo_dir / "summary.json").read_text())
-    assert set(summary) == {"cryodrgn", RECOMMENDED, "recommended", "ceiling"}
+    assert set(summary) == {"cryodrgn", "cryonoo", RECOMMENDED, "recommended", "ceiling"}
     assert summary.pop("recommended") == RECOMMENDED
     ceiling = summary.pop("ceiling")
     assert ceiling["metric"] == "accuracy" and 0 <= ceiling["label_r2"] <= 1  # 8 classes

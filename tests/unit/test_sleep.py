@@ -119,6 +119,44 @@ def test_dream_draws_share_each_rendering_between_noise_draws():
             Dream(sigma=0.3, noise_factors=(1.0,) * 4, **{"poses": "per-view", **bad})
 
 
+def test_band_limited_render_is_the_full_render_inside_the_band_and_zero_outside():
+    model, batch = _vae(), _batch()
+    z = torch.randn(8, ZDIM, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model.render(z, batch.rot, batch.ctf)
+        assert torch.equal(model.render(z, batch.rot, batch.ctf, band=0.5), full)
+        low = model.render(z, batch.rot, batch.ctf, band=0.25)
+    axis = (torch.arange(D) - D // 2) / (D - 1)
+    ky, kx = torch.meshgrid(axis, axis, indexing="ij")
+    inside = kx**2 + ky**2 <= 0.25**2
+    torch.testing.assert_close(low[:, inside], full[:, inside], rtol=1e-5, atol=1e-6)
+    assert low[:, ~inside].abs().max() == 0 and full[:, ~inside].abs().max() > 0
+    for bad in (0.0, 0.6, -0.1):
+        with pytest.raises(ValueError, match="band"):
+            model.render(z, batch.rot, batch.ctf, band=bad)
+
+
+def test_dream_band_low_passes_every_rendering():
+    model, batch = _vae(), _batch()
+    step = model.training_step(batch)
+    dream = Dream(sigma=0.3, noise_factors=(1.0,) * 4, poses="per-view", draws=2, band=0.25)
+    out = dream.make_views(batch, model, step, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws by hand, rendered with the band
+    z = torch.randn(8, ZDIM, generator=g)
+    rot = random_rotations(16, g, dtype=batch.rot.dtype).reshape(2, 8, 3, 3)
+    with torch.no_grad():
+        renders = [model.render(z, rot[r], batch.ctf, band=0.25) for r in range(2)]
+    expected = [noisy_views(renders[j // 2], 0.3, (1.0,), g)[0] for j in range(4)]
+    torch.testing.assert_close(out.views, torch.stack(expected))
+    wrapped = SelfDistillation(model, "regress", dream, warmup_epochs=0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            wrapped.render(z, rot[0], batch.ctf, band=0.25), renders[0], rtol=0, atol=0
+        )
+    with pytest.raises(ValueError, match="band"):
+        Dream(sigma=0.3, band=0.7)
+
+
 def test_wrapper_scores_a_partial_dream_against_its_own_targets():
     model = _vae()
     wrapped = SelfDistillation(
