@@ -359,8 +359,8 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
-#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round G)
-RECOMMENDED = "wake-sleep-8v-pv-ewd1"
+#: the recipe ``cryonoo demo`` recommends (docs/generalization.md, Round I)
+RECOMMENDED = "wake-sleep-8v-pv-ewd1-lp"
 
 
 def get_recipe(name: str) -> TrainConfig:
