@@ -16,7 +16,11 @@ Registered phantoms (``PHANTOMS``; see ``cryonoo list``):
     The same molecule with random bends (up to 45°) and twists (up to 90°) of both arms about the
     hinge, drawn independently per conformation from a seeded generator.
 ``igg-states``
-    Four discrete states: arm A closed/open × a small extra domain bound to the Fc or not.
+    Four discrete states: arm A closed/open × arm B closed/open (each arm swings 50° about the
+    hinge, away from the other; each arm holds a third of the mass).
+``igg-bound``
+    Four discrete states: arm A closed/open × a small extra domain (~5 % of the mass) bound to
+    the Fc or not — a harder discrete case: small models resolve the arm but not the domain.
 
 Volumes are indexed ``[z, y, x]`` with the molecule's origin at voxel ``box // 2`` on every axis,
 so they follow the projection and Hartley conventions of :mod:`cryonoo.physics`.
@@ -240,9 +244,26 @@ def igg_rl(n_conformations: int = 100, seed: int = 0) -> Phantom:
 
 @PHANTOMS.register("igg-states")
 def igg_states(n_conformations: int | None = None) -> Phantom:
+    """Four discrete states: arm A closed/open × arm B closed/open (two independent hinges)."""
+    _check_four("igg-states", n_conformations)
+    mol = _build_igg()
+    normal = np.array([0.0, 0.0, 1.0])
+    open_a = _rotate_about(mol.arm_a, mol.hinge, _rotation(normal, math.radians(-50.0)))
+    open_b = _rotate_about(mol.arm_b, mol.hinge, _rotation(normal, math.radians(-50.0)))
+    confs = tuple(
+        np.vstack([mol.core, arm_a, arm_b])
+        for arm_a in (mol.arm_a, open_a)
+        for arm_b in (mol.arm_b, open_b)
+    )
+    return Phantom(
+        "igg-states", confs, "0: both closed, 1: B open, 2: A open, 3: both open (arm A × arm B)"
+    )
+
+
+@PHANTOMS.register("igg-bound")
+def igg_bound(n_conformations: int | None = None) -> Phantom:
     """Four discrete states: arm A closed/open × an extra Fc-bound domain absent/present."""
-    if n_conformations not in (None, 4):
-        raise ValueError(f"igg-states has exactly 4 states; got n_conformations={n_conformations}")
+    _check_four("igg-bound", n_conformations)
     mol = _build_igg()
     normal = np.array([0.0, 0.0, 1.0])
     open_a = _rotate_about(mol.arm_a, mol.hinge, _rotation(normal, math.radians(-50.0)))
@@ -251,7 +272,12 @@ def igg_states(n_conformations: int | None = None) -> Phantom:
         for arm in (mol.arm_a, open_a)
         for bound in (False, True)
     )
-    return Phantom("igg-states", confs, "0: closed, 1: closed+bound, 2: open, 3: open+bound")
+    return Phantom("igg-bound", confs, "0: closed, 1: closed+bound, 2: open, 3: open+bound")
+
+
+def _check_four(name: str, n_conformations: int | None) -> None:
+    if n_conformations not in (None, 4):
+        raise ValueError(f"{name} has exactly 4 states; got n_conformations={n_conformations}")
 
 
 def _build_clamshell() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -6,12 +6,15 @@ library's own writers; the real CLI then parses it, trains a small VAE, encodes 
 the latents, and ``cryonoo select`` writes the largest k-means cluster back as ``picked.star``.
 The ground-truth states are used only to check how pure the pick is.
 
-The states are 0 closed, 1 closed + bound, 2 open, 3 open + bound (arm A closed/open × a small
-domain bound to the Fc or not). A VAE of this size resolves the arm (the clusters fall within
-one arm state) but not the small bound domain, which holds ~5 % of the mass: with any one of
-SNR up to 1000, 5 000 images, 60 epochs, a 1024-wide encoder or a 192-wide decoder, its latents
-still do not separate bound from unbound. So the pick's purity is measured over the arm's state
-(``state // 2``).
+The states are 0 both arms closed, 1 arm B open, 2 arm A open, 3 both open: two independent
+hinges, each arm a third of the mass. The pick must be ≥ 90 % one state. With these settings
+the largest cluster was 98.2 / 98.7 / 99.2 / 98.7 % one state for seeds 0–3 (simulation and
+training). Smaller runs are not safe: 2-D latents from 2 × 64 networks after 12 epochs gave
+41 % (kNN accuracy 0.70); 2-D latents from 2 × 128 after 20 epochs, largest of 8 clusters,
+96 / 50 / 94 % for seeds 0–2 (seed 1 resolved arm A only). (On ``igg-bound``, arm A × a small
+Fc-bound domain of ~5 % of the mass, a VAE of this size resolves the arm but not the domain —
+with SNR up to 1000, 5 000 images, 60 epochs, a 1024-wide encoder or a 192-wide decoder its
+latents still do not separate bound from unbound — so that phantom is not used here.)
 """
 
 from __future__ import annotations
@@ -35,16 +38,11 @@ runner = CliRunner()
 #: simulation: 4 states, box 32, SNR 1, small in-plane shifts so the origin columns matter
 SIMULATE = ["--phantom", "igg-states", "-D", 32, "-n", 1500, "--snr", 1.0, "--seed", 0]
 SIM_EXTRA = ["--shift-extent", 1.5, "--oversample", 1, "--test-fraction", 0]
-#: a small plain VAE (cryoDRGN-style, 2-D latents)
-TRAIN = ["--recipe", "cryodrgn", "-n", 12, "--zdim", 2, "-b", 32, "--lr", 1e-3, "--seed", 0]
-NETWORK = ["--enc-layers", 2, "--enc-dim", 64, "--dec-layers", 2, "--dec-dim", 64]
+#: a small plain VAE (cryoDRGN-style, 8-D latents)
+TRAIN = ["--recipe", "cryodrgn", "-n", 20, "--zdim", 8, "-b", 32, "--lr", 1e-3, "--seed", 0]
+NETWORK = ["--enc-layers", 2, "--enc-dim", 128, "--dec-layers", 2, "--dec-dim", 128]
 K = 4
 MIN_PURITY = 0.9
-
-
-def arm_state(states: np.ndarray) -> np.ndarray:
-    """The arm's state of ``igg-states`` states: 0 closed (states 0, 1), 1 open (2, 3)."""
-    return states // 2
 
 
 def invoke(*args: object):
@@ -184,11 +182,11 @@ def test_picked_star_is_the_selected_rows_of_the_original(workflow: Workflow) ->
     assert np.array_equal(picked.images(np.arange(len(picked))), stack.images(sel))
 
 
-def test_largest_cluster_is_one_true_arm_state(workflow: Workflow) -> None:
+def test_largest_cluster_is_one_true_state(workflow: Workflow) -> None:
     names = read_star_raw(f"{workflow.picked}.star").particles.column("_rlnImageName")
     truth = workflow.sim.labels
     assert truth is not None and np.unique(truth).size == K
     rows = image_rows(names)
-    p = purity(rows, arm_state(truth))
+    p = purity(rows, truth)
     detail = f"largest cluster {workflow.cluster} ({rows.size} particles)"
-    assert p >= MIN_PURITY, f"{detail}: {p:.1%} one arm state, {purity(rows, truth):.1%} one state"
+    assert p >= MIN_PURITY, f"{detail}: {p:.1%} one state"

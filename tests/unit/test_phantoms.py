@@ -6,7 +6,7 @@ from cryonoo.data.phantoms import PHANTOMS, Phantom, render_atoms
 
 
 def test_registry_has_builtin_phantoms():
-    assert {"igg-1d", "igg-rl", "igg-states"} <= set(PHANTOMS.names())
+    assert {"igg-1d", "igg-rl", "igg-states", "igg-bound"} <= set(PHANTOMS.names())
     with pytest.raises(KeyError, match="choose from"):
         PHANTOMS.get("igg-2d")
 
@@ -41,6 +41,31 @@ def test_igg_1d_motion_is_one_arm_on_an_arc():
     np.testing.assert_allclose(steps, steps[0], rtol=1e-9)
 
 
+def test_igg_states_are_two_independent_arms():
+    """State 2a + b: arm A's state a, arm B's state b; each moving block is about a third of the
+    atoms, the two blocks are disjoint, and each moves rigidly about the hinge (the origin)."""
+    p = PHANTOMS.build("igg-states")
+    assert len(p) == 4 and len({c.shape for c in p.conformations}) == 1
+    base = p.conformations[0]
+    moved = [np.linalg.norm(c - base, axis=1) > 1e-6 for c in p.conformations]
+    assert not moved[1][moved[2]].any()  # arm B (state 1) and arm A (state 2) are disjoint
+    np.testing.assert_array_equal(moved[3], moved[1] | moved[2])  # state 3 moves both
+    for state in (1, 2):
+        assert 0.25 < moved[state].mean() < 0.4
+        np.testing.assert_allclose(
+            np.linalg.norm(base[moved[state]], axis=1),
+            np.linalg.norm(p.conformations[state][moved[state]], axis=1),
+            rtol=1e-9,
+        )
+
+
+def test_igg_bound_adds_a_small_domain():
+    p = PHANTOMS.build("igg-bound")
+    sizes = [len(c) for c in p.conformations]
+    assert sizes[0] == sizes[2] < sizes[1] == sizes[3]
+    assert 0.03 < (sizes[1] - sizes[0]) / sizes[1] < 0.08  # the bound domain: ~5 % of the mass
+
+
 def test_render_mass_and_centre():
     """A single atom at the origin: unit mass centred on voxel box//2; shifts move it in x/y/z."""
     box, apix = 32, 2.0
@@ -61,3 +86,6 @@ def test_bad_input():
         PHANTOMS.build("igg-1d", n_conformations=0)
     with pytest.raises(IndexError):
         PHANTOMS.build("igg-states").volume(4, 16)
+    for name in ("igg-states", "igg-bound"):
+        with pytest.raises(ValueError, match="exactly 4 states"):
+            PHANTOMS.build(name, n_conformations=3)
