@@ -7,6 +7,8 @@ latents), the test per-image FSC_AUC and, with ``--autodecoder RUN``, the speed 
 autodecoder run's test-time fit. Example::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/refine.py RUN DATA -o OUT --steps 5,10,20,50
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/refine.py RUN DATA -o OUT --steps 10,20 \
+        --bands full,0.25,0.15 --autodecoder AD_RUN
 
 Writes ``OUT/refinement.json`` and ``OUT/refinement.md`` and prints the table.
 """
@@ -30,6 +32,20 @@ def _steps(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(msg) from err
 
 
+def _bands(text: str) -> tuple[float | None, ...]:
+    """``full,0.25`` → ``(None, 0.25)``: ``full`` is the whole loss disk."""
+    out: list[float | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(None if part == "full" else float(part))
+        except ValueError as err:
+            msg = f"--bands must be 'full' or numbers like full,0.25, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from err
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a trained run with an encoder (HetVAE)")
@@ -37,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-o", "--outdir", type=Path, required=True)
     p.add_argument("--steps", type=_steps, default=DEFAULT_STEPS, help="budgets K, e.g. 5,10,20")
     p.add_argument("--lr", type=float, default=None, help="refinement lr (default REFINE_LR)")
+    p.add_argument(
+        "--bands",
+        type=_bands,
+        default=(None,),
+        help="refine on |k| ≤ b cycles/pixel, one pass per entry ('full': the whole disk)",
+    )
     p.add_argument("--split", default="test", help="held-out split refined and scored")
     p.add_argument("--autodecoder", type=Path, default=None, help="an autodecoder run to time")
     p.add_argument("--batch-size", type=int, default=1024)
@@ -49,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             args.data_dir,
             steps=args.steps,
             lr=args.lr,
+            bands=args.bands,
             split=args.split,
             seed=args.seed,
             batch_size=args.batch_size,

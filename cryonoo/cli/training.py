@@ -438,6 +438,16 @@ def _encode_budget(
     return "refine", refine
 
 
+def _check_refine_band(band: float | None, method: str) -> None:
+    """``ValueError`` unless ``band`` is ``None`` or in ``(0, 0.5]`` with ``method`` refine."""
+    if band is None:
+        return
+    if method != "refine":
+        raise ValueError("--refine-band sets the band of --refine K; add --refine K")
+    if not 0 < band <= 0.5:
+        raise ValueError(f"--refine-band must be in (0, 0.5] cycles/pixel, got {band:g}")
+
+
 @app.command()
 def encode(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of a trained model.")],
@@ -466,7 +476,7 @@ def encode(
         typer.Option(
             metavar="K",
             help="Semi-amortized: refine each encoder latent with K ≥ 1 Adam steps against the "
-            "frozen decoder at the particle's pose (needs poses; lr: --lr, default 0.02).",
+            "frozen decoder at the particle's pose (needs poses; lr: --lr, default 0.05).",
         ),
     ] = None,
     steps: Annotated[
@@ -478,7 +488,15 @@ def encode(
     lr: Annotated[
         float | None,
         typer.Option(
-            help="autodecode/--refine: Adam learning rate (default: the model's; refine: 0.02)."
+            help="autodecode/--refine: Adam learning rate (default: the model's; refine: 0.05)."
+        ),
+    ] = None,
+    refine_band: Annotated[
+        float | None,
+        typer.Option(
+            metavar="B",
+            help="--refine: fit only the frequencies |k| ≤ B cycles/pixel (0 < B ≤ 0.5), "
+            "about (2B)² of the work per step (default: the whole loss disk).",
         ),
     ] = None,
     precision: Annotated[str, PRECISION_OPTION] = "auto",
@@ -505,6 +523,7 @@ def encode(
 
     try:
         method, steps = _encode_budget(method, refine, steps, lr)
+        _check_refine_band(refine_band, method)
         dev = resolve_device(device)
         prec = resolve_precision(precision, dev)
         run = load_run(run_dir, epoch, dev)
@@ -537,12 +556,14 @@ def encode(
     t0 = time.perf_counter()
     with prec.autocast():
         mu, logvar = infer_latents(
-            run.model, dataset, dev, method, batch_size=batch_size, steps=steps, lr=lr
-        )
+            run.model, dataset, dev, method, batch_size=batch_size, steps=steps, lr=lr,
+            band=refine_band,
+        )  # fmt: skip
     elapsed = time.perf_counter() - t0
     save_z_pkl(output, mu, logvar)
     rate = len(mu) / max(elapsed, 1e-9)
     how = method if method == "amortized" else f"{method}, {steps or run.model.fit_steps} steps"
+    how += "" if refine_band is None else f" on |k| ≤ {refine_band:g}"
     how += f", {prec.name}"
     console.print(
         f"{len(mu):,} latents (zdim {mu.shape[1]}, {how}) → {output} in {elapsed:.1f} s "

@@ -91,6 +91,18 @@ def check_steps(steps: int | Sequence[int], *, allow_zero: bool = False) -> tupl
     return tuple(sorted({int(k) for k in items}))
 
 
+def _check_bands(bands: Sequence[float | None]) -> tuple[float | None, ...]:
+    """``bands`` as a tuple, each ``None`` or a number in ``(0, 0.5]`` cycles/pixel."""
+    items = tuple(bands)
+    if not items:
+        raise ValueError("bands must name at least one entry (None: the whole loss disk)")
+    for b in items:
+        ok = b is None or (not isinstance(b, bool) and isinstance(b, int | float) and 0 < b <= 0.5)
+        if not ok:
+            raise ValueError(f"each band must be None or in (0, 0.5] cycles/pixel, got {b!r}")
+    return tuple(None if b is None else float(b) for b in items)
+
+
 def refine_budgets(
     model: HetVAE,
     dataset: ParticleDataset,
@@ -98,14 +110,16 @@ def refine_budgets(
     steps: int | Sequence[int],
     *,
     lr: float = REFINE_LR,
+    band: float | None = None,
     batch_size: int = 1024,
 ) -> dict[int, tuple[np.ndarray, float]]:
     """``{K: ((N, zdim) float32 latents after K Adam steps, seconds to reach step K)}``.
 
     One pass over ``dataset`` (dataset order) per batch: the encoder's posterior means (budget
     ``K = 0``, exactly :func:`~cryonoo.train.encode.encode_dataset`'s), then ``max(steps)``
-    refinement steps at learning rate ``lr`` (latent units per step) with the latents of every
-    budget recorded on the way, equal to separate ``model.refine(..., steps=K)`` runs. Seconds
+    refinement steps at learning rate ``lr`` (latent units per step; ``band``: on the
+    frequencies ``|k| ≤ band`` cycles/pixel only) with the latents of every budget recorded on
+    the way, equal to separate ``model.refine(..., steps=K, band=band)`` runs. Seconds
     are wall time around the model calls only (module docstring), summed over batches.
     """
     if not isinstance(model, HetVAE):
@@ -132,8 +146,9 @@ def refine_budgets(
         record(0, mu)
         if budgets[-1] > 0:
             model.refine_latents(
-                b.images, b.rot, b.ctf, b.trans, z0=mu, steps=budgets[-1], lr=lr, on_step=record
-            )
+                b.images, b.rot, b.ctf, b.trans, z0=mu, steps=budgets[-1], lr=lr, band=band,
+                on_step=record,
+            )  # fmt: skip
     empty = np.zeros((0, model.zdim), np.float32)
     return {
         k: (torch.cat(latents[k]).numpy() if latents[k] else empty, seconds[k]) for k in budgets
@@ -189,6 +204,7 @@ def evaluate_refinement(
     *,
     steps: int | Sequence[int] = DEFAULT_STEPS,
     lr: float | None = None,
+    bands: Sequence[float | None] = (None,),
     split: str = "test",
     epoch: int | None = None,
     seed: int = 0,
@@ -210,6 +226,9 @@ def evaluate_refinement(
         Refinement budgets ``K`` (Adam steps, each ≥ 1; the amortized row is ``K = 0``).
     lr:
         Refinement learning rate (latent units per step); ``None``: ``REFINE_LR``.
+    bands:
+        Refine once per entry: ``None`` fits the whole loss disk, a number ``b`` the
+        frequencies ``|k| ≤ b`` cycles/pixel only (rows ``refine K, |k| ≤ b``).
     split:
         The held-out split that is refined and scored (not ``train``).
     epoch:
@@ -225,16 +244,18 @@ def evaluate_refinement(
     -------
     dict
         JSON-ready: ``run``, ``recipe``, ``epoch``, ``dataset``, ``split``, ``device``, ``lr``,
-        ``steps``, ``batch_size``, ``n`` (``{"train", split}`` image counts), ``label_metric``
-        (``"r2"``/``"accuracy"``/``None``), ``seen_amortized_train`` (seen score of the amortized
-        train latents), ``encode_train_s``, ``rows`` (``amortized``, ``refine K`` …,
-        ``autodecoder``; each ``method``, ``steps``, ``infer_s``, ``images_per_s``, ``unseen``,
-        ``label_recovery``, ``per_image_fsc``, ``shift_from_amortized``,
-        ``speed_vs_autodecoder``) and ``autodecoder`` (its run, steps, lr; or ``None``).
+        ``steps``, ``bands``, ``batch_size``, ``n`` (``{"train", split}`` image counts),
+        ``label_metric`` (``"r2"``/``"accuracy"``/``None``), ``seen_amortized_train`` (seen
+        score of the amortized train latents), ``encode_train_s``, ``rows`` (``amortized``,
+        ``refine K`` …, ``autodecoder``; each ``method``, ``steps``, ``infer_s``,
+        ``images_per_s``, ``unseen``, ``band``, ``label_recovery``, ``per_image_fsc``,
+        ``shift_from_amortized``, ``speed_vs_autodecoder``) and ``autodecoder`` (its run,
+        steps, lr; or ``None``).
     """
     say = log or (lambda _msg: None)
     budgets = check_steps(steps)
     lr = REFINE_LR if lr is None else check_lr(lr)
+    bands = _check_bands(bands)
     dev = resolve_device(device)
     run = load_run(run_dir, epoch, dev)
     if not isinstance(run.model, HetVAE):
@@ -271,23 +292,31 @@ def evaluate_refinement(
     encode_train_s = time.perf_counter() - t0
     y_train = None if labels is None else labels[train_set.indices]
 
-    say(f"encoding and refining {n_test:,} {split} particles, budgets {list(budgets)} (lr {lr})")
-    fits = refine_budgets(run.model, test_set, dev, (0, *budgets), lr=lr, batch_size=batch_size)
-    mu = fits[0][0]
     rows: list[dict[str, Any]] = []
-    for k, (z, secs) in fits.items():
-        say(f"scoring the {'amortized' if k == 0 else f'{k}-step'} latents")
-        rows.append(
-            {
-                "method": "amortized" if k == 0 else f"refine {k}",
-                "steps": k,
-                "lr": None if k == 0 else lr,
-                "infer_s": secs,
-                "images_per_s": n_test / max(secs, 1e-12),
-                **_score(run, z_train, y_train, z, test_set, truth, dev, seed),
-                "shift_from_amortized": float(np.linalg.norm(z - mu, axis=1).mean()),
-            }
+    for i, band in enumerate(bands):
+        where = "" if band is None else f", |k| ≤ {band:g}"
+        say(f"encoding and refining {n_test:,} {split} particles, budgets {list(budgets)}{where}")
+        fits = refine_budgets(
+            run.model, test_set, dev, (0, *budgets), lr=lr, band=band, batch_size=batch_size
         )
+        mu = fits[0][0]
+        for k, (z, secs) in fits.items():
+            if k == 0 and i > 0:
+                continue  # one amortized row
+            method = "amortized" if k == 0 else f"refine {k}{where}"
+            say(f"scoring the {method} latents")
+            rows.append(
+                {
+                    "method": method,
+                    "steps": k,
+                    "lr": None if k == 0 else lr,
+                    "band": None if k == 0 else band,
+                    "infer_s": secs,
+                    "images_per_s": n_test / max(secs, 1e-12),
+                    **_score(run, z_train, y_train, z, test_set, truth, dev, seed),
+                    "shift_from_amortized": float(np.linalg.norm(z - mu, axis=1).mean()),
+                }
+            )
     seen = rows[0]["label_recovery"]
     result: dict[str, Any] = {
         "run": str(run.run_dir),
@@ -298,6 +327,7 @@ def evaluate_refinement(
         "device": _describe(dev),
         "lr": lr,
         "steps": list(budgets),
+        "bands": list(bands),
         "batch_size": batch_size,
         "n": {"train": len(train_set), split: n_test},
         "label_metric": None if seen is None else seen["metric"],
@@ -356,6 +386,7 @@ def _autodecoder_row(
         "method": "autodecoder",
         "steps": model.fit_steps,
         "lr": model.fit_lr,
+        "band": None,
         "infer_s": secs,
         "images_per_s": len(test_set) / max(secs, 1e-12),
         **_score(ad_run, table, y_table, z, test_set, truth, device, seed),

@@ -188,12 +188,14 @@ class LatticeModel(nn.Module):
         z0: Tensor,
         steps: int,
         lr: float,
+        band: float | None = None,
         on_step: refine.OnStep | None = None,
     ) -> Tensor:
         """``(B, zdim)`` latents fitted from ``z0`` against the frozen decoder by ``steps`` Adam
-        steps at learning rate ``lr``: :func:`cryonoo.models.refine.fit_latents` (shapes there)."""
+        steps at learning rate ``lr`` (``band``: on the frequencies ``|k| ≤ band`` only):
+        :func:`cryonoo.models.refine.fit_latents` (shapes there)."""
         return refine.fit_latents(
-            self, images, rot, ctf, trans, z0=z0, steps=steps, lr=lr, on_step=on_step
+            self, images, rot, ctf, trans, z0=z0, steps=steps, lr=lr, band=band, on_step=on_step
         )
 
     def volume(self, z: Tensor | None, norm_std: float = 1.0) -> Tensor:

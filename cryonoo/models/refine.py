@@ -92,14 +92,20 @@ def _setup(
     ctf: Tensor | None,
     trans: Tensor | None,
     z: Tensor,
+    band: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Check shapes; → sliced coordinates ``(B, Npix, 3)``, targets and CTF ``(B, Npix)``."""
+    """Check shapes; → sliced coordinates ``(B, N, 3)``, targets and CTF ``(B, N)`` at the
+    ``N = Npix`` loss-mask points, or at those with ``|k| ≤ band`` cycles/pixel."""
     b = model._check_images(images)
     model._check(rot, "rot", (b, 3, 3), "one rotation matrix per image")
     model._check(z, "z", (b, model.zdim), "one latent per image")
     with torch.no_grad():
         y, c = model._loss_targets(images, ctf, trans)
-        return model._slice_coords(rot), y, c
+        if band is None:
+            return model._slice_coords(rot), y, c
+        pos = model._band_positions(band)
+        c = None if c is None else c.index_select(1, pos)
+        return model._slice_coords(rot, model._coords2[pos]), y.index_select(1, pos), c
 
 
 def latent_loss(
@@ -110,10 +116,12 @@ def latent_loss(
     trans: Tensor | None = None,
     *,
     z: Tensor,
+    band: float | None = None,
 ) -> Tensor:
     """``(B,)`` float32 point objective (module docstring) of latents ``z`` ``(B, zdim)`` for
-    ``(B, D, D)`` images at poses ``rot`` ``(B, 3, 3)``, CTF ``(B, 8)``, shifts ``(B, 2)`` px."""
-    coords, y, c = _setup(model, images, rot, ctf, trans, z)
+    ``(B, D, D)`` images at poses ``rot`` ``(B, 3, 3)``, CTF ``(B, 8)``, shifts ``(B, 2)`` px;
+    with ``band`` its mean runs over the loss-mask points with ``|k| ≤ band`` only."""
+    coords, y, c = _setup(model, images, rot, ctf, trans, z, band)
     with frozen(model), torch.no_grad():
         return _objective(model, z.float(), coords, y, c)
 
@@ -128,6 +136,7 @@ def fit_latents(
     z0: Tensor,
     steps: int,
     lr: float,
+    band: float | None = None,
     on_step: OnStep | None = None,
 ) -> Tensor:
     """``(B, zdim)`` float32 latents after ``steps`` Adam steps (``lr``) from ``z0``.
@@ -137,10 +146,14 @@ def fit_latents(
     sum over images of the point objective with the model frozen (module docstring);
     ``steps=0`` returns a float32 copy of ``z0``. ``on_step(k, z)`` gets a copy of the latents
     after step ``k`` (1-based). Works under ``torch.no_grad()`` (gradients are enabled inside).
+
+    ``band`` (cycles/pixel, in ``(0, 0.5]``; ``None``: the whole loss disk) fits only the
+    frequencies ``|k| ≤ band``: a low-pass objective for about ``(2·band)²`` of the decoder's
+    work per step (the conformation lives mostly at low resolution; the prior keeps its units).
     """
     steps = check_int(steps, "steps", 0)
     lr = check_lr(lr)
-    coords, y, c = _setup(model, images, rot, ctf, trans, z0)
+    coords, y, c = _setup(model, images, rot, ctf, trans, z0, band)
     z = z0.detach().to(device=coords.device, dtype=torch.float32).clone()
     z.requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=lr)

@@ -253,15 +253,17 @@ class HetVAE(LatticeModel):
         *,
         steps: int = REFINE_STEPS,
         lr: float = REFINE_LR,
+        band: float | None = None,
         on_step: OnStep | None = None,
     ) -> Tensor:
         """Semi-amortized latents: ``(B, D, D)`` images at poses ``rot`` ``(B, 3, 3)`` (CTF
         ``(B, 8)``, shifts ``(B, 2)`` px) → ``(B, zdim)``: the posterior mean, then ``steps``
-        Adam steps (learning rate ``lr``) of :meth:`refine_latents`; ``steps=0`` → the mean."""
+        Adam steps (learning rate ``lr``) of :meth:`refine_latents`, on the frequencies
+        ``|k| ≤ band`` cycles/pixel only when ``band`` is given; ``steps=0`` → the mean."""
         with frozen(self), torch.no_grad():  # eval mode, as encode_dataset
             mu = self.encode(images, ctf, trans, rot)
         return self.refine_latents(
-            images, rot, ctf, trans, z0=mu, steps=steps, lr=lr, on_step=on_step
+            images, rot, ctf, trans, z0=mu, steps=steps, lr=lr, band=band, on_step=on_step
         )
 
     def config(self) -> dict[str, Any]:

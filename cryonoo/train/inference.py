@@ -106,15 +106,18 @@ def refine_dataset(
     batch_size: int = 1024,
     steps: int = REFINE_STEPS,
     lr: float = REFINE_LR,
+    band: float | None = None,
     prefetch: int = 2,
 ) -> np.ndarray:
     """``(N, zdim)`` float32 semi-amortized latents of every particle of ``dataset`` (dataset
-    order): :meth:`HetVAE.refine <cryonoo.models.vae.HetVAE.refine>` batch by batch. The result
-    does not depend on ``batch_size`` (every image is refined independently)."""
+    order): :meth:`HetVAE.refine <cryonoo.models.vae.HetVAE.refine>` batch by batch (``band``:
+    fitted on ``|k| ≤ band`` cycles/pixel only). The result does not depend on ``batch_size``
+    (every image is refined independently)."""
     out = []
     for batch in in_order(dataset, batch_size, prefetch=prefetch):
         b = batch.to(device)
-        out.append(model.refine(b.images, b.rot, b.ctf, b.trans, steps=steps, lr=lr).cpu())
+        z = model.refine(b.images, b.rot, b.ctf, b.trans, steps=steps, lr=lr, band=band)
+        out.append(z.cpu())
     if not out:
         return np.zeros((0, model.zdim), np.float32)
     return torch.cat(out).numpy()
@@ -129,6 +132,7 @@ def infer_latents(
     batch_size: int = 1024,
     steps: int | None = None,
     lr: float | None = None,
+    band: float | None = None,
     seed: int = 0,
     prefetch: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -136,17 +140,27 @@ def infer_latents(
     a lazy ``dataset`` is streamed batch by batch (:func:`cryonoo.io.dataset.in_order`).
 
     ``steps``/``lr`` (``None``: the method's defaults) are the Adam budget of autodecode and
-    refine; ``seed`` seeds autodecode's random starts; ``prefetch`` batches are read ahead on
-    a thread (``0``: none).
+    refine; ``band`` (refine only) fits the frequencies ``|k| ≤ band`` cycles/pixel alone;
+    ``seed`` seeds autodecode's random starts; ``prefetch`` batches are read ahead on a thread
+    (``0``: none).
     """
     check_method(model, method)
+    if band is not None and method != "refine":
+        raise ValueError(f"band applies to method 'refine' only, not {method!r}")
     if method == "amortized":
         return encode_dataset(model, dataset, device, batch_size=batch_size, prefetch=prefetch)
     if method == "refine":
         steps = REFINE_STEPS if steps is None else steps
         lr = REFINE_LR if lr is None else lr
         z = refine_dataset(
-            model, dataset, device, batch_size=batch_size, steps=steps, lr=lr, prefetch=prefetch
+            model,
+            dataset,
+            device,
+            batch_size=batch_size,
+            steps=steps,
+            lr=lr,
+            band=band,
+            prefetch=prefetch,
         )
         return z, None
     z = autodecode_dataset(

@@ -42,6 +42,11 @@ def test_encode_refine_writes_refined_latents(vae_run, data, tmp_path):
     assert fast.exit_code == 0, fast.output  # --lr applies: larger steps, farther from mu
     z3 = load_z_pkl(tmp_path / "z3.pkl")[0]
     assert np.linalg.norm(z3 - mu, axis=1).mean() > np.linalg.norm(z - mu, axis=1).mean()
+    low = invoke(*args, "-o", tmp_path / "z4.pkl", "--refine", 3, "--refine-band", 0.2)
+    assert low.exit_code == 0, low.output
+    assert "refine, 3 steps on |k| ≤ 0.2" in " ".join(low.output.split())
+    z4 = load_z_pkl(tmp_path / "z4.pkl")[0]
+    assert z4.shape == z.shape and not np.allclose(z4, z)  # another objective, other fits
 
 
 @pytest.mark.parametrize(
@@ -52,6 +57,9 @@ def test_encode_refine_writes_refined_latents(vae_run, data, tmp_path):
         (["--refine", 2, "--steps", 3], "do not combine it with --steps"),
         (["--refine", 2, "--method", "autodecode"], "--method autodecode"),
         (["--lr", 0.1], "add --refine K"),
+        (["--refine-band", 0.25], "--refine-band sets the band of --refine K"),
+        (["--refine", 2, "--refine-band", 0.7], "--refine-band must be in (0, 0.5]"),
+        (["--refine", 2, "--refine-band", 0], "--refine-band must be in (0, 0.5]"),
     ],
 )
 def test_encode_refine_errors(vae_run, data, tmp_path, extra, message):

@@ -25,6 +25,7 @@ ROW_KEYS = {
     "method",
     "steps",
     "lr",
+    "band",
     "infer_s",
     "images_per_s",
     "unseen",
@@ -101,6 +102,10 @@ def test_one_pass_budgets_equal_separate_refinements(vae_run, data):
         z = run.model.refine(batch.images, batch.rot, batch.ctf, batch.trans, steps=k, lr=0.05)
         np.testing.assert_allclose(fits[k][0], z.numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(fits[5][0], mu)
+    low = refine_budgets(run.model, test, dev, (0, 3), lr=0.05, band=0.2, batch_size=13)
+    z = run.model.refine(batch.images, batch.rot, batch.ctf, batch.trans, steps=3, band=0.2)
+    np.testing.assert_allclose(low[3][0], z.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(low[0][0], fits[0][0])  # the same start
 
 
 def test_bad_inputs_raise(vae_run, ad_run, data):
@@ -115,6 +120,9 @@ def test_bad_inputs_raise(vae_run, ad_run, data):
             evaluate_refinement(vae_run, data.root, steps=steps, device="cpu")
     with pytest.raises(ValueError, match="lr must be"):
         evaluate_refinement(vae_run, data.root, lr=0.0, device="cpu")
+    for bands in ((), (0.0,), (None, 0.7), (True,)):
+        with pytest.raises(ValueError, match="band"):
+            evaluate_refinement(vae_run, data.root, bands=bands, device="cpu")
     with pytest.raises(ValueError, match="not an autodecoder"):
         evaluate_refinement(vae_run, data.root, steps=(1,), autodecoder_run=vae_run)
 
@@ -125,10 +133,19 @@ def test_script_writes_json_and_table(vae_run, data, tmp_path, capsys):
     spec.loader.exec_module(script)
     out = tmp_path / "out"
     args = [str(vae_run), str(data.root), "-o", str(out)]
-    script.main([*args, "--steps", "1,2", "--lr", "0.05", "--device", "cpu"])
+    script.main([*args, "--steps", "1,2", "--lr", "0.05", "--device", "cpu", "--bands", "full,0.2"])
     printed = capsys.readouterr().out
     saved = json.loads((out / "refinement.json").read_text())
-    assert saved["steps"] == [1, 2] and saved["lr"] == 0.05
+    assert saved["steps"] == [1, 2] and saved["lr"] == 0.05 and saved["bands"] == [None, 0.2]
+    methods = [r["method"] for r in saved["rows"]]
+    assert methods == [
+        "amortized",
+        "refine 1",
+        "refine 2",
+        "refine 1, |k| ≤ 0.2",
+        "refine 2, |k| ≤ 0.2",
+    ]
+    assert [r["band"] for r in saved["rows"]] == [None, None, None, 0.2, 0.2]
     assert (out / "refinement.md").read_text() == printed and "| refine 2 | 2 |" in printed
     with pytest.raises(SystemExit) as bad:
         script.main([*args, "--steps", "0"])

@@ -137,6 +137,60 @@ def test_the_autodecoder_fits_through_the_shared_implementation():
     assert torch.equal(z, shared)
 
 
+def _band_mask(model: HetVAE, band: float) -> Tensor:
+    """``(Npix,)`` bool: loss-mask points with ``|k| ≤ band`` cycles/pixel, from the lattice."""
+    freqs = torch.linspace(-0.5, 0.5, D)  # x = column (fast axis), y = row
+    ky, kx = torch.meshgrid(freqs, freqs, indexing="ij")
+    radius2 = (kx.square() + ky.square()).reshape(-1)[model._loss_idx]
+    return radius2 <= band**2
+
+
+def test_a_band_limited_objective_is_the_mean_over_its_disk():
+    model = _vae()
+    rot, ctf, _ = _poses(5)
+    images = _images(5)
+    with torch.no_grad():
+        mu = model.encode(images, ctf)
+    idx, keep = model._loss_idx, _band_mask(model, 0.25)
+    assert 0 < int(keep.sum()) < 0.4 * keep.numel()  # ≈ (2·0.25)² of the disk's points
+    pred = model.render(mu, rot, ctf).reshape(5, -1)[:, idx][:, keep]
+    target = images.reshape(5, -1)[:, idx][:, keep]
+    manual = (pred - target).pow(2).mean(1) + model.latent_prior(mu)
+    torch.testing.assert_close(latent_loss(model, images, rot, ctf, z=mu, band=0.25), manual)
+    # the whole loss disk is |k| ≤ 0.5: the same objective and the same refinement
+    torch.testing.assert_close(
+        latent_loss(model, images, rot, ctf, z=mu, band=0.5),
+        latent_loss(model, images, rot, ctf, z=mu),
+    )
+    assert torch.equal(
+        model.refine(images, rot, ctf, steps=4, band=0.5), model.refine(images, rot, ctf, steps=4)
+    )
+
+
+def test_band_limited_refinement_ignores_the_frequencies_beyond_its_band():
+    model = _vae()
+    rot, ctf, trans = _poses(6)
+    images = _images(6)
+    outside = torch.zeros(D * D, dtype=torch.bool)
+    outside[model._loss_idx[~_band_mask(model, 0.2)]] = True
+    changed = images.reshape(6, -1).clone()
+    changed[:, outside] += 5 * torch.randn(6, int(outside.sum()))
+    changed = changed.reshape(6, D, D)
+    z0 = torch.zeros(6, ZDIM)  # the same start (the encoder sees every frequency)
+
+    def fit(imgs: Tensor, band: float | None) -> Tensor:
+        return model.refine_latents(imgs, rot, ctf, z0=z0, steps=6, lr=0.05, band=band)
+
+    assert torch.equal(fit(changed, 0.2), fit(images, 0.2))
+    assert not torch.equal(fit(changed, None), fit(images, None))
+    # and it lowers the band's own objective for every image (shifts applied as usual)
+    z_t = model.refine(images, rot, ctf, trans, steps=10, band=0.2)
+    with torch.no_grad():
+        mu = model.encode(images, ctf, trans)
+    before = latent_loss(model, images, rot, ctf, trans, z=mu, band=0.2)
+    assert bool((latent_loss(model, images, rot, ctf, trans, z=z_t, band=0.2) < before).all())
+
+
 def test_clear_errors():
     model = _vae()
     rot = _poses(3)[0]
@@ -150,6 +204,9 @@ def test_clear_errors():
         model.refine_latents(images, rot, z0=z0[:2], steps=2, lr=0.1)
     with pytest.raises(ValueError, match=r"rot must have shape \(3, 3, 3\)"):
         model.refine(images, rot[:2])
+    for band in (0.0, 0.6, -0.1):
+        with pytest.raises(ValueError, match=r"band must be in \(0, 0.5\] cycles/pixel"):
+            model.refine(images, rot, steps=2, band=band)
     assert "refine" in METHODS
     check_method(model, "refine")
     ad = AutoDecoder(D, n_images=4, zdim=ZDIM, dec_layers=1, dec_dim=8)
