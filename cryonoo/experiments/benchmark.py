@@ -156,13 +156,16 @@ def run_benchmark(
                 "benchmarks/refine.py --autodecoder RUN)"
             )
     PHANTOMS.get(config.phantom)
-    for seed in seeds:
-        simulate_dataset(root / f"data_seed{seed}", config, seed, say)
+
+    def simulate_all() -> None:  # while the workers start
+        for seed in seeds:
+            simulate_dataset(root / f"data_seed{seed}", config, seed, say)
+
     tasks = [BenchmarkTask(root, seed, name, config, device) for seed in seeds for name in recipes]
     if config.ceiling:
         tasks += [BenchmarkTask(root, seed, CEILING, config, device) for seed in seeds]
     tasks.sort(key=task_cost, reverse=True)
-    done = run_tasks(run_task, tasks, jobs=jobs, log=say, on_step=on_step)
+    done = run_tasks(run_task, tasks, jobs=jobs, log=say, on_step=on_step, prepare=simulate_all)
     results: dict[str, Any] = {}
     for seed in seeds:
         per_seed = {t.name: m for t, m in zip(tasks, done, strict=True) if t.seed == seed}

@@ -17,6 +17,7 @@ raised in the caller.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import queue
@@ -65,6 +66,11 @@ def _worker_step(event: dict[str, Any]) -> None:
     _events.put(("step", dict(event)))
 
 
+def _warm_up(module: str) -> None:
+    """Import ``module`` (the task function's) in a freshly started worker."""
+    importlib.import_module(module)
+
+
 def _in_worker(fn: TaskFn, task: Any, report_steps: bool) -> Any:
     return fn(task, _worker_log, _worker_step if report_steps else None)
 
@@ -89,29 +95,40 @@ def run_tasks(
     threads: int | None = None,
     log: Log | None = None,
     on_step: StepHook | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> list[Any]:
     """``[fn(task, log, on_step) for task in tasks]``, in ``jobs`` worker processes when > 1.
 
     Tasks are started in the order given (put the longest first: the run ends when the last
     worker does); results come back in that order whatever order they finish in. ``threads``
-    defaults to :func:`threads_per_job`. ``ValueError`` for ``jobs < 1``.
+    defaults to :func:`threads_per_job`. ``prepare()`` (e.g. simulating the tasks' dataset)
+    runs in this process before any task starts; with workers it runs while they start up and
+    import ``fn``'s module, which hides their start-up time. ``ValueError`` for ``jobs < 1``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer ≥ 1, got {jobs!r}")
     quiet: Log = log or (lambda _msg: None)
     if jobs == 1 or len(tasks) <= 1:
+        if prepare is not None:
+            prepare()
         return [fn(task, quiet, on_step) for task in tasks]
     n_threads = threads_per_job(jobs) if threads is None else threads
+    workers = min(jobs, len(tasks))
     ctx = mp.get_context("spawn")  # a clean interpreter: no forked torch thread pools
     with ctx.Manager() as manager:
         events = manager.Queue()
         pool = ProcessPoolExecutor(
-            min(jobs, len(tasks)),
+            workers,  # started by the warm-up calls below
             mp_context=ctx,
             initializer=_start_worker,
             initargs=(n_threads, events),
         )
         try:
+            warming = [pool.submit(_warm_up, fn.__module__) for _ in range(workers)]
+            if prepare is not None:
+                prepare()
+            for future in warming:
+                future.result()
             futures: list[Future] = [
                 pool.submit(_in_worker, fn, task, on_step is not None) for task in tasks
             ]

@@ -52,6 +52,36 @@ def test_a_failing_task_raises_in_the_caller() -> None:
         run_tasks(_fails_on_two, [1, 2, 3], jobs=1)
 
 
+def _reads_marker(task, log, on_step):
+    """A task that needs what ``prepare`` wrote (its path is the task)."""
+    with open(task) as fh:
+        return fh.read(), os.getpid()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_prepare_runs_before_any_task(tmp_path, jobs) -> None:
+    marker = tmp_path / "dataset.txt"
+    calls = []
+
+    def prepare() -> None:
+        calls.append(1)
+        marker.write_text("simulated")
+
+    out = run_tasks(_reads_marker, [str(marker)] * 4, jobs=jobs, threads=1, prepare=prepare)
+    assert calls == [1] and [text for text, _ in out] == ["simulated"] * 4
+    if jobs == 2:  # both workers were started (while prepare ran), not in this process
+        assert len({pid for _, pid in out} - {os.getpid()}) == len({pid for _, pid in out})
+
+
+def test_a_failing_prepare_raises_and_runs_no_task(tmp_path) -> None:
+    def prepare() -> None:
+        raise OSError("disk full")
+
+    for jobs in (1, 2):
+        with pytest.raises(OSError, match="disk full"):
+            run_tasks(_reads_marker, [str(tmp_path / "none")] * 2, jobs=jobs, prepare=prepare)
+
+
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
 def test_bad_job_counts_are_refused(jobs) -> None:
     with pytest.raises(ValueError, match="jobs must be an integer"):
