@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,16 +60,17 @@ def main() -> None:
     if not (data_dir / "config.json").is_file():
         sim = SimulationConfig(box=args.box, n_images=args.n_images, snr=0.1, seed=0)
         simulate_phantom(data_dir, PHANTOMS.build("igg-1d"), sim)
-    config = replace(
-        get_recipe(args.recipe),
-        epochs=args.epochs,
-        warmup_epochs=0,
-        enc_dim=args.dim,
-        dec_dim=args.dim,
-        batch_size=args.batch_size,
-        lr_plateau=False,
-        seed=0,
-        precision=args.precision,
+    config = get_recipe(args.recipe).replace(
+        {
+            "optim.epochs": args.epochs,
+            "ssl.warmup": 0,
+            "model.enc_dim": args.dim,
+            "model.dec_dim": args.dim,
+            "optim.batch_size": args.batch_size,
+            "optim.lr_plateau": False,
+            "optim.seed": 0,
+            "optim.precision": args.precision,
+        }
     )
     results: dict[str, dict[str, float]] = {}
     for mode in ("in-memory", "lazy"):

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 _PEAK = """
@@ -54,10 +53,10 @@ dataset = open_dataset(sys.argv[1], ind="train", lazy=False)
 sigma = estimate_data_sigma(dataset) / dataset.norm_std
 model = build_model(config, dataset.D, noise_sigma=sigma).to(dev)
 if hasattr(model, "set_epoch"):
-    model.set_epoch(config.warmup_epochs)  # the SSL term is active
-opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-prec = resolve_precision(config.precision, dev)
-loader = make_loader(dataset, config.batch_size, generator=torch.Generator().manual_seed(0))
+    model.set_epoch(config.ssl.warmup)  # the SSL term is active
+opt = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
+prec = resolve_precision(config.optim.precision, dev)
+loader = make_loader(dataset, config.optim.batch_size, generator=torch.Generator().manual_seed(0))
 gen = torch.Generator(device=dev).manual_seed(0)
 batches = iter(loader)
 first = next(batches).to(dev)
@@ -186,14 +185,14 @@ def main() -> None:
 
     for name in ("cryodrgn", "cryonoo"):
         for precision in [x.strip() for x in args.precision.split(",") if x.strip()]:
-            config = replace(
-                get_recipe(name), enc_dim=args.dim, dec_dim=args.dim, precision=precision
+            config = get_recipe(name).replace(
+                {"model.enc_dim": args.dim, "model.dec_dim": args.dim, "optim.precision": precision}
             )
             peaks = [
                 child(
                     _CHILD_TRAIN,
                     data_dir,
-                    json.dumps(replace(config, batch_size=b).to_dict()),
+                    json.dumps(config.replace({"optim.batch_size": b}).to_dict()),
                     args.device,
                     args.threads,
                     threads=args.threads,
@@ -205,7 +204,9 @@ def main() -> None:
     # a trained run to encode with (one short epoch; memory does not depend on the weights)
     run_dir = out / "run"
     if not (run_dir / "config.json").is_file():
-        config = replace(get_recipe("cryodrgn"), enc_dim=args.dim, dec_dim=args.dim, epochs=1)
+        config = get_recipe("cryodrgn").replace(
+            {"model.enc_dim": args.dim, "model.dec_dim": args.dim, "optim.epochs": 1}
+        )
         train(config, open_dataset(data_dir, ind="train"), run_dir, device=args.device)
     particles = load_dataset_dir(data_dir).particles
     n_big = int(args.stack_gb * 2**30 / (args.box**2 * 4))

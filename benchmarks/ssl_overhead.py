@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,11 +40,13 @@ def profile_step(config, dataset, device: str, rows: int = 15) -> str:
     """Operator table of one self-distillation training step (forward + backward)."""
     sigma = estimate_data_sigma(dataset) / dataset.norm_std
     model = build_model(config, dataset.D, noise_sigma=sigma).to(device)
-    model.set_epoch(config.warmup_epochs)
-    loader = make_loader(dataset, config.batch_size, generator=torch.Generator().manual_seed(0))
+    model.set_epoch(config.ssl.warmup)
+    loader = make_loader(
+        dataset, config.optim.batch_size, generator=torch.Generator().manual_seed(0)
+    )
     batch = next(iter(loader)).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.optim.precision, device)
     with precision.autocast():
         loss = model.training_step(batch, gen).loss
     loss.backward()  # warm-up
@@ -80,16 +81,17 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     configs = {}
     for name in ("cryodrgn", "cryonoo"):
-        config = replace(
-            get_recipe(name),
-            epochs=args.epochs,
-            warmup_epochs=0,
-            enc_dim=args.dim,
-            dec_dim=args.dim,
-            batch_size=args.batch_size,
-            lr_plateau=False,
-            seed=0,
-            precision=args.precision,
+        config = get_recipe(name).replace(
+            {
+                "optim.epochs": args.epochs,
+                "ssl.warmup": 0,
+                "model.enc_dim": args.dim,
+                "model.dec_dim": args.dim,
+                "optim.batch_size": args.batch_size,
+                "optim.lr_plateau": False,
+                "optim.seed": 0,
+                "optim.precision": args.precision,
+            }
         )
         configs[name] = config
         run = args.outdir / f"{name}-{args.precision}"

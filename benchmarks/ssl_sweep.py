@@ -1,6 +1,7 @@
 """Sweep self-distillation settings on one simulated dataset and tabulate generalization.
 
-Each variant is the ``cryonoo`` recipe (or another base) with JSON overrides, trained with the
+Each variant is the ``cryonoo`` recipe (or another base) with JSON overrides (flat
+``config.json`` names or a settings file's nested sections), trained with the
 benchmark's scale (``cryonoo.experiments.benchmark.BenchmarkConfig``) and evaluated like ``cryonoo
 bench generalization``. Example::
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from cryonoo.data.phantoms import PHANTOMS
@@ -23,6 +23,7 @@ from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.experiments.benchmark import BenchmarkConfig, format_tables, summarize_seeds
 from cryonoo.experiments.report import evaluate_run
 from cryonoo.io.dataset import open_dataset
+from cryonoo.train.config_file import config_from_mapping
 from cryonoo.train.recipes import get_recipe
 from cryonoo.train.trainer import train
 
@@ -65,18 +66,19 @@ def main() -> None:
     results = {}
     for text in args.variant:
         name, recipe, overrides = parse_variant(text)
-        config = replace(
-            get_recipe(recipe),
+        config = get_recipe(recipe).replace(
+            {
+                "optim.epochs": scale.epochs,
+                "ssl.warmup": scale.warmup,
+                "model.zdim": scale.zdim,
+                "model.enc_dim": scale.enc_dim,
+                "model.dec_dim": scale.dec_dim,
+                "optim.batch_size": scale.batch_size,
+                "optim.seed": args.seed,
+            },
             name=name,
-            epochs=scale.epochs,
-            warmup_epochs=scale.warmup,
-            zdim=scale.zdim,
-            enc_dim=scale.enc_dim,
-            dec_dim=scale.dec_dim,
-            batch_size=scale.batch_size,
-            seed=args.seed,
         )
-        config = replace(config, **overrides)
+        config = config_from_mapping(overrides, base=config)  # flat or nested settings
         run = args.outdir / name
         train(config, dataset, run, device=args.device, resume=(run / "config.json").is_file())
         results[name] = evaluate_run(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from dataclasses import replace
 
 import torch
 
@@ -40,22 +39,23 @@ def main() -> None:
     if args.heap == "reuse":
         reuse_heap()
     torch.set_num_threads(args.threads)
-    config = replace(
-        get_recipe(args.recipe),
-        batch_size=args.batch_size,
-        precision=args.precision,
-        enc_dim=256,
-        dec_dim=256,
-        enc_layers=3,
-        dec_layers=3,
-        zdim=8,
+    config = get_recipe(args.recipe).replace(
+        {
+            "optim.batch_size": args.batch_size,
+            "optim.precision": args.precision,
+            "model.enc_dim": 256,
+            "model.dec_dim": 256,
+            "model.enc_layers": 3,
+            "model.dec_layers": 3,
+            "model.zdim": 8,
+        }
     )
     dataset = open_dataset(args.data, ind="train", lazy=False)
     sigma = estimate_data_sigma(dataset) / dataset.norm_std
     model = build_model(config, dataset.D, noise_sigma=sigma)
     wrapped = hasattr(model, "set_epoch")
     if wrapped:
-        model.set_epoch(config.warmup_epochs)  # past the warm-up: the SSL term is on
+        model.set_epoch(config.ssl.warmup)  # past the warm-up: the SSL term is on
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
     batches = iter(
         make_loader(dataset, args.batch_size, generator=torch.Generator().manual_seed(0))

@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,22 +161,23 @@ def main() -> None:
     cd_epochs = parse_cryodrgn_log(cd_dir / "run.log")
 
     # cryonoo, same settings, once per precision
-    base = replace(
-        get_recipe("cryodrgn"),
-        zdim=args.zdim,
-        enc_dim=args.dim,
-        dec_dim=args.dim,
-        enc_layers=args.layers,
-        dec_layers=args.layers,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        epochs=args.epochs,
-        seed=args.seed,
+    base = get_recipe("cryodrgn").replace(
+        {
+            "model.zdim": args.zdim,
+            "model.enc_dim": args.dim,
+            "model.dec_dim": args.dim,
+            "model.enc_layers": args.layers,
+            "model.dec_layers": args.layers,
+            "optim.batch_size": args.batch_size,
+            "optim.lr": args.lr,
+            "optim.epochs": args.epochs,
+            "optim.seed": args.seed,
+        }
     )
     ours: dict[str, dict] = {}
     dataset = open_dataset(data_dir, ind="train")
     for precision in precisions:
-        config = replace(base, precision=precision)
+        config = base.replace({"optim.precision": precision})
         ours_dir = out / f"cryonoo_{precision}"
         shutil.rmtree(ours_dir, ignore_errors=True)
         t0 = time.perf_counter()

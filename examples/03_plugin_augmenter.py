@@ -16,7 +16,6 @@ Run: ``python examples/03_plugin_augmenter.py`` (CPU, under a minute).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -69,17 +68,18 @@ def main() -> None:
     root = Path(tempfile.mkdtemp())
     config = SimulationConfig(box=16, n_images=128, snr=0.5, seed=0, oversample=1)
     data = simulate_phantom(root / "data", PHANTOMS.build("igg-1d", n_conformations=4), config)
-    recipe = replace(
-        get_recipe("cryonoo"),
+    recipe = get_recipe("cryonoo").replace(
+        {
+            "ssl.augment": "bandlimit",
+            "ssl.noise_factors": (1.0, 1.0),
+            "optim.epochs": 3,
+            "ssl.warmup": 1,
+            "optim.batch_size": 32,
+            "model.enc_dim": 32,
+            "model.dec_dim": 32,
+            "ssl.head": "64-64",
+        },
         name="bandlimit-demo",
-        augment="bandlimit",
-        noise_factors=(1.0, 1.0),
-        epochs=3,
-        warmup_epochs=1,
-        batch_size=32,
-        enc_dim=32,
-        dec_dim=32,
-        head="64-64",
     )
     result = train(recipe, open_dataset(data.root, ind="train"), root / "run", device="cpu")
     last = result.stats[-1]

@@ -73,7 +73,7 @@ def _run_training(
         return
     console.print(
         f"[bold]{config.name}[/]: {len(dataset):,} particles of {dataset.box} px "
-        f"({'lazy' if dataset.lazy else 'in memory'}), {config.epochs} epochs → {outdir}"
+        f"({'lazy' if dataset.lazy else 'in memory'}), {config.optim.epochs} epochs → {outdir}"
     )
     result = _train_with_progress(config, dataset, outdir, resume, run_kw)
     shutdown_distributed()
@@ -88,7 +88,7 @@ def _train_with_progress(config, dataset, outdir: Path, resume: bool, run_kw: di
     done = checkpoint_epochs(outdir)[-1] if resume and checkpoint_epochs(outdir) else 0
     with _progress() as progress:
         task = progress.add_task(
-            "training", total=config.epochs * len(dataset), completed=done * len(dataset)
+            "training", total=config.optim.epochs * len(dataset), completed=done * len(dataset)
         )
 
         def on_step(event: dict) -> None:
@@ -99,7 +99,7 @@ def _train_with_progress(config, dataset, outdir: Path, resume: bool, run_kw: di
             progress.update(
                 task,
                 advance=event["images"],
-                description=f"epoch {event['epoch']}/{config.epochs} {shown}",
+                description=f"epoch {event['epoch']}/{config.optim.epochs} {shown}",
             )
 
         try:
@@ -113,7 +113,7 @@ def _train_with_progress(config, dataset, outdir: Path, resume: bool, run_kw: di
             )
         except torch.cuda.OutOfMemoryError:
             _fail(
-                f"out of GPU memory at batch size {config.batch_size}; use a smaller "
+                f"out of GPU memory at batch size {config.optim.batch_size}; use a smaller "
                 "--batch-size (or --lazy). The last complete epoch's checkpoint in "
                 f"{outdir} is intact: continue with --resume"
             )
@@ -363,8 +363,6 @@ def ablate(
 
     Example: `cryonoo ablate data/ -o runs/simsiam --ssl simsiam`.
     """
-    from dataclasses import replace
-
     from cryonoo.ssl.augment import AUGMENTERS
     from cryonoo.ssl.objectives import SSL
     from cryonoo.train.plan import ParticleSource
@@ -374,32 +372,32 @@ def ablate(
     if ssl is not None:
         if ssl != "none" and ssl not in SSL:
             _fail(f"unknown ssl objective {ssl!r}; choose from: {', '.join(SSL.names())}, none")
-        changes["ssl"] = None if ssl == "none" else ssl
+        changes["ssl.objective"] = None if ssl == "none" else ssl
     if augment is not None and augment not in AUGMENTERS:
         _fail(f"unknown augmenter {augment!r}; choose from: {', '.join(AUGMENTERS.names())}")
     if noise_factors is not None:
         try:
-            changes["noise_factors"] = tuple(float(f) for f in noise_factors.split(","))
+            changes["ssl.noise_factors"] = tuple(float(f) for f in noise_factors.split(","))
         except ValueError:
             _fail(f"--noise-factors must be comma-separated numbers, got {noise_factors!r}")
     extra = {
-        "head": head,
-        "ssl_weight": weight,
-        "warmup_epochs": warmup,
-        "augment": augment,
-        "epochs": epochs,
-        "zdim": zdim,
-        "enc_dim": enc_dim,
-        "dec_dim": dec_dim,
-        "batch_size": batch_size,
-        "seed": seed,
-        "precision": precision,
+        "ssl.head": head,
+        "ssl.weight": weight,
+        "ssl.warmup": warmup,
+        "ssl.augment": augment,
+        "optim.epochs": epochs,
+        "model.zdim": zdim,
+        "model.enc_dim": enc_dim,
+        "model.dec_dim": dec_dim,
+        "optim.batch_size": batch_size,
+        "optim.seed": seed,
+        "optim.precision": precision,
     }
     changes.update({k: v for k, v in extra.items() if v is not None})
     if decoder_freeze:
-        changes["decoder_freeze"] = True
+        changes["ssl.decoder_freeze"] = True
     try:
-        config = replace(get_recipe("cryonoo"), **changes)
+        config = get_recipe("cryonoo").replace(changes)
     except ValueError as exc:
         _fail(str(exc))
     source = ParticleSource(particles, poses, ctf, ind)
@@ -689,9 +687,9 @@ def export_cryodrgn(
             history=[r for r in history if r.get("epoch", 0) <= run.epoch],
             dataset_args={
                 **{k: None if v is None else str(v) for k, v in files.items()},
-                "invert_data": cfg.invert,
-                "window": cfg.window,
-                "window_r": cfg.window_r,
+                "invert_data": cfg.data.invert,
+                "window": cfg.data.window,
+                "window_r": cfg.data.window_r,
             },
         )
     except (ValueError, FileNotFoundError) as exc:

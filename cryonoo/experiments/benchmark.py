@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ def benchmark_recipe(name: str, config: BenchmarkConfig, seed: int) -> TrainConf
     """Recipe ``name`` at the benchmark's scale (epochs, widths, batch size) and ``seed``,
     then ``config.settings`` (``section.key=value`` strings, as ``cryonoo train --set``).
     """
-    recipe = replace(get_recipe(name), seed=seed)
+    recipe = get_recipe(name).replace({"optim.seed": seed})
     scaled = config_from_mapping(config.training_settings(), base=recipe)
     return apply_overrides(scaled, config.settings)
 
@@ -149,7 +149,7 @@ def run_benchmark(
     root.mkdir(parents=True, exist_ok=True)
     for name in recipes:  # fail before any work on a typo (listing the choices) or a bad setting
         recipe = benchmark_recipe(name, config, seeds[0] if seeds else 0)
-        if not has_encoder(MODELS.get(recipe.model)):
+        if not has_encoder(MODELS.get(recipe.model.kind)):
             raise ValueError(
                 f"recipe {name!r} has no encoder: this benchmark scores one-pass latents; "
                 "measure an autodecoder's test-time fit with cryonoo bench inference (or "
@@ -205,10 +205,11 @@ def task_cost(task: BenchmarkTask) -> float:
     if task.name == CEILING:
         return 4.0
     recipe = benchmark_recipe(task.name, task.config, task.seed)
-    if recipe.ssl is None:
-        return float(recipe.epochs)
-    views = len(recipe.noise_factors) / max(1, int(recipe.augment_options.get("draws", 1)))
-    return recipe.epochs + (recipe.epochs - recipe.warmup_epochs) * 0.5 * views
+    epochs, ssl = recipe.optim.epochs, recipe.ssl
+    if ssl.objective is None:
+        return float(epochs)
+    views = len(ssl.noise_factors) / max(1, int(ssl.augment_options.get("draws", 1)))
+    return epochs + (epochs - ssl.warmup) * 0.5 * views
 
 
 def run_task(task: BenchmarkTask, log: Log, on_step: StepHook | None) -> dict[str, Any]:

@@ -273,29 +273,31 @@ def drop_page_cache(paths: tuple[Path, ...]) -> bool:
 def write_bench_run(run_dir: Path, config: EncodeBenchConfig, norm_std: float) -> Path:
     """A minimal run directory for ``load_run``: a randomly initialised ``HetVAE`` on the
     ``D = box + 1`` lattice (the encoder of ``config``, a 1 × 16 decoder), epoch 1."""
-    train = TrainConfig(
+    train = TrainConfig().replace(
+        {
+            "model.zdim": config.zdim,
+            "model.enc_layers": config.enc_layers,
+            "model.enc_dim": config.enc_dim,
+            "model.dec_layers": 1,
+            "model.dec_dim": 16,
+            "ssl.objective": None,
+            "optim.epochs": 1,
+            "optim.precision": config.precision,
+            "optim.seed": config.seed,
+        },
         name="bench-encode",
-        zdim=config.zdim,
-        enc_layers=config.enc_layers,
-        enc_dim=config.enc_dim,
-        dec_layers=1,
-        dec_dim=16,
-        ssl=None,
-        epochs=1,
-        precision=config.precision,
-        seed=config.seed,
     )
     torch.manual_seed(config.seed)
     D = config.box + 1
     model = HetVAE(
         D,
-        zdim=train.zdim,
-        encoder=train.encoder,
-        enc_layers=train.enc_layers,
-        enc_dim=train.enc_dim,
-        dec_layers=train.dec_layers,
-        dec_dim=train.dec_dim,
-        seed=train.seed,
+        zdim=train.model.zdim,
+        encoder=train.model.encoder,
+        enc_layers=train.model.enc_layers,
+        enc_dim=train.model.enc_dim,
+        dec_layers=train.model.dec_layers,
+        dec_dim=train.model.dec_dim,
+        seed=train.optim.seed,
     )
     data = {"D": D, "box": config.box, "apix": 1.0, "n_particles": config.n_images}
     data |= {"norm_std": norm_std, "preprocessing": asdict(train.preprocessing())}

@@ -50,72 +50,72 @@ PlateauScheduler = torch.optim.lr_scheduler.ReduceLROnPlateau
 def needs_data_sigma(config: TrainConfig) -> bool:
     """Whether the recipe's augmenter takes the data's noise σ (``"sigma"`` in its run
     context, :func:`cryonoo.ssl.augment.run_context_of`)."""
-    return config.uses_ssl and "sigma" in run_context_of(AUGMENTERS.get(config.augment))
+    return config.uses_ssl and "sigma" in run_context_of(AUGMENTERS.get(config.ssl.augment))
 
 
 def _augmenter_kwargs(config: TrainConfig, noise_sigma: float | None) -> dict[str, Any]:
     """The augmenter's constructor arguments: the run context it declares (σ, noise factors,
-    number of views, detach_render), then ``config.augment_options``."""
-    takes = run_context_of(AUGMENTERS.get(config.augment))
+    number of views, detach_render), then ``config.ssl.augment_options``."""
+    takes = run_context_of(AUGMENTERS.get(config.ssl.augment))
     if "sigma" in takes and noise_sigma is None:
-        raise ValueError(f"augmenter {config.augment!r} needs the noise σ of the data")
+        raise ValueError(f"augmenter {config.ssl.augment!r} needs the noise σ of the data")
     context = {
         "sigma": noise_sigma,
-        "noise_factors": config.noise_factors,
-        "num_views": len(config.noise_factors),
-        "detach_render": config.detach_render,
+        "noise_factors": config.ssl.noise_factors,
+        "num_views": len(config.ssl.noise_factors),
+        "detach_render": config.ssl.detach_render,
     }
-    return {**{key: context[key] for key in takes}, **config.augment_options}
+    return {**{key: context[key] for key in takes}, **config.ssl.augment_options}
 
 
 def build_model(
     config: TrainConfig, D: int, *, noise_sigma: float | None = None, n_images: int | None = None
 ) -> nn.Module:
-    """The model of a recipe: ``MODELS[config.model]`` (a :class:`HetVAE` or an
-    :class:`AutoDecoder`), wrapped for self-distillation if ``config.ssl``.
+    """The model of a recipe: ``MODELS[config.model.kind]`` (a :class:`HetVAE` or an
+    :class:`AutoDecoder`), wrapped for self-distillation if ``config.ssl.objective``.
 
     ``noise_sigma`` is the augmentation σ in the data domain (``σ_raw / norm_std``);
     ``n_images`` the number of training images (the autodecoder's latent table).
     """
     vae = MODELS.build_accepted(
-        config.model,
+        config.model.kind,
         D=D,
         n_images=n_images,
-        latent_l2=config.latent_l2,
-        zdim=config.zdim,
-        encoder=config.encoder,
-        decoder=config.decoder,
-        enc_layers=config.enc_layers,
-        enc_dim=config.enc_dim,
-        dec_layers=config.dec_layers,
-        dec_dim=config.dec_dim,
-        pe_type=config.pe_type,
-        pe_dim=config.pe_dim,
-        feat_sigma=config.feat_sigma,
-        activation=config.activation,
-        beta=config.beta,
-        seed=config.seed,
+        latent_l2=config.model.latent_l2,
+        zdim=config.model.zdim,
+        encoder=config.model.encoder,
+        decoder=config.model.decoder,
+        enc_layers=config.model.enc_layers,
+        enc_dim=config.model.enc_dim,
+        dec_layers=config.model.dec_layers,
+        dec_dim=config.model.dec_dim,
+        pe_type=config.model.pe_type,
+        pe_dim=config.model.pe_dim,
+        feat_sigma=config.model.feat_sigma,
+        activation=config.model.activation,
+        beta=config.model.beta,
+        seed=config.optim.seed,
     )
     if not config.uses_ssl:
         return vae
     if not has_encoder(vae):
         raise ValueError(
-            f"recipe {config.name!r}: self-distillation needs an encoder, the {config.model!r} "
-            "model has none; set ssl=None (or --ssl none) for it"
+            f"recipe {config.name!r}: self-distillation needs an encoder, the "
+            f"{config.model.kind!r} model has none; set ssl.objective=none (or --ssl none) for it"
         )
     return SelfDistillation(
         vae,
-        objective=config.ssl,
-        augmenter=config.augment,
-        weight=config.ssl_weight,
-        warmup_epochs=config.warmup_epochs,
-        decoder_freeze=config.decoder_freeze,
-        detach_target=config.detach_target,
-        encoder_from_ssl_only=config.encoder_from_ssl_only,
-        encoder_model_grad=config.encoder_model_grad,
-        anchor_noise=config.anchor_noise,
-        teacher_momentum=config.teacher_momentum,
-        objective_kwargs={"head": config.head, **config.ssl_options},
+        objective=config.ssl.objective,
+        augmenter=config.ssl.augment,
+        weight=config.ssl.weight,
+        warmup_epochs=config.ssl.warmup,
+        decoder_freeze=config.ssl.decoder_freeze,
+        detach_target=config.ssl.detach_target,
+        encoder_from_ssl_only=config.ssl.encoder_from_ssl_only,
+        encoder_model_grad=config.ssl.encoder_model_grad,
+        anchor_noise=config.ssl.anchor_noise,
+        teacher_momentum=config.ssl.teacher_momentum,
+        objective_kwargs={"head": config.ssl.head, **config.ssl.options},
         augmenter_kwargs=_augmenter_kwargs(config, noise_sigma),
     )
 
@@ -133,38 +133,38 @@ def base_model(model: nn.Module) -> HetVAE | AutoDecoder:
 def build_optimizer(
     config: TrainConfig, model: nn.Module, vae: HetVAE | AutoDecoder
 ) -> torch.optim.Adam | torch.optim.AdamW:
-    """Adam over ``model``'s parameters (an autodecoder's latents at ``config.latent_lr``).
+    """Adam over ``model``'s parameters (an autodecoder's latents at ``config.model.latent_lr``).
 
-    With ``config.encoder_weight_decay`` > 0: AdamW whose decoupled decay acts on the
+    With ``config.optim.encoder_weight_decay`` > 0: AdamW whose decoupled decay acts on the
     encoder's parameters alone (decoder, SSL head and latents undecayed), i.e. plain Adam for
     everything else.
     """
     if isinstance(vae, AutoDecoder):
-        params: Any = vae.param_groups(config.latent_lr)
+        params: Any = vae.param_groups(config.model.latent_lr)
     else:
         params = model.parameters()
-    if config.encoder_weight_decay <= 0:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optim.encoder_weight_decay <= 0:
+        return torch.optim.Adam(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     encoder = getattr(vae, "encoder", None)
     if encoder is None:
         raise ValueError(f"encoder_weight_decay: {type(vae).__name__} has no encoder")
     encoder_ids = {id(p) for p in encoder.parameters()}
     rest = [p for p in model.parameters() if id(p) not in encoder_ids]
     groups = [
-        {"params": list(encoder.parameters()), "weight_decay": config.encoder_weight_decay},
+        {"params": list(encoder.parameters()), "weight_decay": config.optim.encoder_weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.optim.lr)
 
 
 def build_scheduler(
     config: TrainConfig, optimizer: torch.optim.Optimizer
 ) -> PlateauScheduler | None:
-    """``ReduceLROnPlateau`` on the epoch loss when ``config.lr_plateau``, else ``None``."""
-    if not config.lr_plateau:
+    """``ReduceLROnPlateau`` on the epoch loss when ``config.optim.lr_plateau``, else ``None``."""
+    if not config.optim.lr_plateau:
         return None
     return PlateauScheduler(
-        optimizer, "min", factor=config.plateau_factor, patience=config.plateau_patience
+        optimizer, "min", factor=config.optim.plateau_factor, patience=config.optim.plateau_patience
     )
 
 
@@ -246,9 +246,9 @@ def _loader(
     info = plan.info
     return make_loader(
         dataset,
-        config.batch_size,
+        config.optim.batch_size,
         generator=generator,
-        num_workers=config.num_workers,
+        num_workers=config.data.num_workers,
         pin_memory=plan.device.type == "cuda",
         shard=(lambda batches: ShardedBatchSampler(batches, info)) if info.enabled else None,
     )
@@ -257,13 +257,13 @@ def _loader(
 def build_training(config: TrainConfig, dataset: ParticleDataset, plan: RunPlan) -> Training:
     """Build the run's :class:`Training` for ``plan``.
 
-    The global generator is seeded with ``config.seed`` before the model is built (its initial
+    The global generator is seeded with ``config.optim.seed`` before the model is built (its initial
     weights), then, on ranks > 0, reseeded per rank (their reparameterization noise). A
     cryoDRGN start loads its weights into the new model; a resume state is restored into
     everything before the model is wrapped for data-parallel training.
     """
     dev, rank = plan.device, plan.info.rank
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.optim.seed)
     model = build_model(
         config, dataset.D, noise_sigma=plan.noise_sigma_data, n_images=len(dataset)
     ).to(dev)
@@ -273,11 +273,11 @@ def build_training(config: TrainConfig, dataset: ParticleDataset, plan: RunPlan)
     if plan.cryodrgn_run is not None:
         cryodrgn_weights = load_cryodrgn_weights(vae, plan.cryodrgn_run, dataset)
     if rank:  # other reparameterization noise on every rank (rank 0 as a single process)
-        torch.manual_seed(config.seed + RANK_SEED_STRIDE * rank)
+        torch.manual_seed(config.optim.seed + RANK_SEED_STRIDE * rank)
     optimizer = build_optimizer(config, model, vae)
-    loader_generator = torch.Generator().manual_seed(config.seed)
-    aug_seed = config.seed + 1 + RANK_SEED_STRIDE * rank
-    precision = resolve_precision(config.precision, dev)
+    loader_generator = torch.Generator().manual_seed(config.optim.seed)
+    aug_seed = config.optim.seed + 1 + RANK_SEED_STRIDE * rank
+    precision = resolve_precision(config.optim.precision, dev)
     training = Training(
         model=model,
         vae=vae,
@@ -294,7 +294,7 @@ def build_training(config: TrainConfig, dataset: ParticleDataset, plan: RunPlan)
         cryodrgn_weights=cryodrgn_weights,
     )
     if plan.state is not None:
-        restore_training(training, plan.state, config.seed)
+        restore_training(training, plan.state, config.optim.seed)
     training.step_model = _distributed(model, config, plan)
     return training
 

@@ -1,7 +1,9 @@
 """Training settings as a nested file and ``section.key=value`` overrides.
 
-A run's settings are one frozen :class:`~cryonoo.train.recipes.TrainConfig` (saved flat as the
-run's ``config.json``). For people, the same fields read better in five sections::
+A run's settings are one frozen :class:`~cryonoo.train.config.TrainConfig`: a name and five
+frozen sections (``config.model``, ``config.optim``, ``config.ssl``, ``config.data``,
+``config.output``), saved flat as the run's ``config.json``. A settings file has the same five
+sections::
 
     recipe: sleep-4v-pv        # the recipe to start from (default: cryonoo)
     name: my-run
@@ -11,8 +13,11 @@ run's ``config.json``). For people, the same fields read better in five sections
     data:   {window_r: 0.85}
     output: {checkpoint_every: 5}
 
-Inside a section a key is the field's name (``ssl.ssl_weight``) or its short form: the name
-without the section's prefix (``ssl.weight``) or an alias from :data:`ALIASES`
+Inside a section a key is the canonical short name, the section's field name (``ssl.weight``,
+``ssl.objective``, ``ssl.warmup``, ``model.kind``: what ``config.ssl.weight`` and
+:meth:`TrainConfig.replace` use), or, accepted as an alias, the flat ``config.json`` name
+(``ssl.ssl_weight``, ``ssl.warmup_epochs``, ``model.model``).
+:data:`ALIASES` lists the short names that are not the flat name without the section's prefix
 (``ssl.objective`` → ``ssl``, ``ssl.warmup`` → ``warmup_epochs``). Top-level flat field names
 are accepted too, and so is a run's own ``config.json`` (its ``"train"`` part), so a past run's
 settings can be re-used as they are. :func:`apply_overrides` parses ``section.key=value``
@@ -22,99 +27,43 @@ JSON for dictionaries).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cryonoo.train.recipes import ARCHITECTURE_FIELDS, RECIPES, TrainConfig, get_recipe
+from cryonoo.train.config import (
+    ALIASES,
+    SECTIONS,
+    TrainConfig,
+    dotted,
+    field_type,
+    flat_name,
+    location,
+)
+from cryonoo.train.recipes import RECIPES, get_recipe
 
 __all__ = [
     "ALIASES",
     "SECTIONS",
     "apply_overrides",
+    "coerce",
     "config_from_mapping",
     "describe_recipe",
+    "dotted",
     "load_config",
     "nested_config",
     "parse_value",
     "resolve_config",
 ]
 
-#: every TrainConfig field (but ``name``) in exactly one section
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": (
-        *(name for name in ARCHITECTURE_FIELDS if name not in ("ssl", "head")),
-        "beta",
-        "latent_lr",
-        "latent_l2",
-    ),
-    "optim": (
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "encoder_weight_decay",
-        "lr_plateau",
-        "plateau_on",
-        "plateau_factor",
-        "plateau_patience",
-        "grad_clip",
-        "skip_nonfinite",
-        "precision",
-        "seed",
-    ),
-    "ssl": (
-        "ssl",
-        "ssl_weight",
-        "head",
-        "warmup_epochs",
-        "augment",
-        "noise_factors",
-        "noise_sigma",
-        "decoder_freeze",
-        "detach_render",
-        "detach_target",
-        "encoder_from_ssl_only",
-        "encoder_model_grad",
-        "teacher_momentum",
-        "anchor_noise",
-        "ssl_options",
-        "augment_options",
-    ),
-    "data": ("invert", "window", "window_r", "lazy", "num_workers", "ctf_rescale"),
-    "output": ("checkpoint_every",),
-}
 
-#: short names that are not "the field without the section's prefix"
-ALIASES: dict[str, dict[str, str]] = {
-    "model": {"kind": "model"},
-    "ssl": {"objective": "ssl", "warmup": "warmup_epochs"},
-}
-
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _field_of(section: str, key: str) -> str:
-    """The TrainConfig field that ``section.key`` names (``ValueError`` listing the keys)."""
-    if section not in SECTIONS:
-        raise ValueError(f"unknown section {section!r}; sections: {', '.join(SECTIONS)}")
-    members = SECTIONS[section]
-    candidates = (ALIASES.get(section, {}).get(key), key, f"{section}_{key}")
-    for name in candidates:
-        if name in members:
-            return name
-    shorts = sorted(_short(section, m) for m in members)
-    raise ValueError(f"unknown setting {section}.{key}; {section} has: {', '.join(shorts)}")
-
-
-def _short(section: str, name: str) -> str:
-    for alias, target in ALIASES.get(section, {}).items():
-        if target == name:
-            return alias
-    prefix = f"{section}_"
-    return name[len(prefix) :] if name.startswith(prefix) else name
+def _is_flat(name: str) -> bool:
+    try:
+        location(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _flatten(data: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -127,8 +76,8 @@ def _flatten(data: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     for key, value in data.items():
         if key in SECTIONS and isinstance(value, Mapping):
             for inner, inner_value in value.items():
-                flat[_field_of(key, str(inner))] = inner_value
-        elif key in _FIELDS:
+                flat[flat_name(key, str(inner))] = inner_value
+        elif key == "name" or _is_flat(key):
             flat[key] = value
         else:
             raise ValueError(
@@ -138,13 +87,20 @@ def _flatten(data: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     return (None if recipe is None else str(recipe)), flat
 
 
+def _with_flat(config: TrainConfig, flat: Mapping[str, Any]) -> TrainConfig:
+    """``config`` with flat field values, each coerced to its field's type."""
+    changes = {
+        (key if key == "name" else dotted(key)): coerce(key, value) for key, value in flat.items()
+    }
+    return config.replace(changes)
+
+
 def config_from_mapping(data: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """``base`` (or the mapping's ``recipe``, or ``cryonoo``) with the mapping's values."""
     recipe, flat = _flatten(data)
     if base is None:
         base = get_recipe(recipe or "cryonoo")
-    values = {name: coerce(name, value) for name, value in flat.items()}
-    return TrainConfig.from_dict({**base.to_dict(), **values})
+    return _with_flat(base, flat)
 
 
 def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
@@ -175,12 +131,12 @@ def apply_overrides(config: TrainConfig, overrides: Iterable[str]) -> TrainConfi
         if not sep or not key.strip():
             raise ValueError(f"--set expects section.key=value, got {item!r}")
         section, dot, inner = key.strip().partition(".")
-        name = _field_of(section, inner) if dot else section
-        if name not in _FIELDS:
+        name = flat_name(section, inner) if dot else section
+        if name != "name" and not _is_flat(name):
             sections = ", ".join(SECTIONS)
             raise ValueError(f"unknown setting {key!r}; use section.key (sections: {sections})")
-        values[name] = coerce(name, parse_value(text.strip()))
-    return TrainConfig.from_dict({**config.to_dict(), **values})
+        values[name] = parse_value(text.strip())
+    return _with_flat(config, values)
 
 
 def parse_value(text: str) -> Any:
@@ -198,8 +154,8 @@ def parse_value(text: str) -> Any:
 
 
 def coerce(name: str, value: Any) -> Any:
-    """``value`` as the type of field ``name`` (``ValueError`` when it cannot be)."""
-    kind = str(_FIELDS[name].type)
+    """``value`` as the type of flat field ``name`` (``ValueError`` when it cannot be)."""
+    kind = "str" if name == "name" else field_type(name)
     optional = "None" in kind
     if value is None:
         if optional:
@@ -243,7 +199,7 @@ def _to_floats(value: Any) -> tuple[float, ...]:
     return tuple(_to_float(v) for v in value)
 
 
-def _to_dict(value: Any) -> dict[str, Any]:
+def _to_mapping(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = json.loads(value)
     if not isinstance(value, Mapping):
@@ -263,22 +219,23 @@ _CONVERTERS = {
     "float": _to_float,
     "str": _to_str,
     "tuple[float, ...]": _to_floats,
-    "dict[str, Any]": _to_dict,
+    "Mapping[str, Any]": _to_mapping,
 }
 
 
 def nested_config(config: TrainConfig, recipe: str | None = None) -> dict[str, Any]:
     """``config`` as the nested mapping :func:`config_from_mapping` reads (short keys; only the
     values that differ from ``recipe``'s when one is given, so a file says what it changes)."""
-    flat = config.to_dict()
-    base = RECIPES[recipe].to_dict() if recipe is not None else None
+    nested = config.nested()
+    base = RECIPES[recipe].nested() if recipe is not None else None
     out: dict[str, Any] = {}
     if recipe is not None:
         out["recipe"] = recipe
-    if base is None or flat["name"] != base["name"]:
-        out["name"] = flat["name"]
-    for section, members in SECTIONS.items():
-        part = {_short(section, m): flat[m] for m in members if base is None or flat[m] != base[m]}
+    if base is None or nested["name"] != base["name"]:
+        out["name"] = nested["name"]
+    for section in SECTIONS:
+        values = nested[section]
+        part = {k: v for k, v in values.items() if base is None or v != base[section][k]}
         if part:
             out[section] = part
     return out
@@ -299,8 +256,8 @@ def resolve_config(
     else:
         config = base if base is not None else get_recipe("cryonoo")
     config = apply_overrides(config, overrides)
-    given = {k: coerce(k, v) for k, v in (flags or {}).items() if v is not None}
-    return TrainConfig.from_dict({**config.to_dict(), **given}) if given else config
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    return _with_flat(config, given)
 
 
 def describe_recipe(name: str) -> str:

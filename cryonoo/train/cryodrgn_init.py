@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from cryonoo.interop.cryodrgn_model import (
 )
 from cryonoo.io.dataset import ParticleDataset
 from cryonoo.models.vae import HetVAE
+from cryonoo.train.config import dotted
 from cryonoo.train.recipes import TrainConfig
 
 __all__ = ["CryoDRGNStart", "load_cryodrgn_weights", "start_from_cryodrgn"]
@@ -73,11 +74,12 @@ def start_from_cryodrgn(
 ) -> CryoDRGNStart:
     """``config`` adopting the cryoDRGN run in ``run_dir`` (see the module docstring).
 
-    ``given`` maps :class:`TrainConfig` fields to the values the caller set explicitly
-    (``None``: not set), e.g. the command-line flags: a given architecture setting must equal
-    the checkpoint's (``ValueError`` lists those that differ) and a given ``warmup_epochs`` is
-    kept. Raises ``FileNotFoundError`` when ``run_dir`` has no ``config.yaml`` or no weights and
-    ``ValueError`` for a configuration cryonoo cannot load.
+    ``given`` maps flat :class:`TrainConfig` field names (``config.json``'s) to the values
+    the caller set explicitly (``None``: not set), e.g. the command-line flags: a given
+    architecture setting must equal the checkpoint's (``ValueError`` lists those that differ)
+    and a given ``warmup_epochs`` (``ssl.warmup``) is kept. Raises ``FileNotFoundError`` when
+    ``run_dir`` has no ``config.yaml`` or no weights and ``ValueError`` for a configuration
+    cryonoo cannot load.
     """
     root = Path(run_dir)
     given = {} if given is None else given
@@ -104,7 +106,8 @@ def start_from_cryodrgn(
     if given.get("warmup_epochs") is None:
         changes["warmup_epochs"] = 0  # the cryoDRGN run was the warm-up
     norm_std = cryodrgn_norm_std(cfg, root)
-    return CryoDRGNStart(replace(config, **changes), norm_std, weights, root)
+    adopted = config.replace({dotted(k): v for k, v in changes.items()})
+    return CryoDRGNStart(adopted, norm_std, weights, root)
 
 
 def _resolved(model_config: dict[str, Any]) -> dict[str, Any]:

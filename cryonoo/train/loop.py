@@ -2,7 +2,7 @@
 
 :func:`fit_epoch` runs the forward pass of every batch (autocast per the run's precision),
 checks every loss term for NaN/Inf (stopping with :class:`NonFiniteLossError`, or skipping the
-batch when ``config.skip_nonfinite``; in a distributed job every rank skips the same step),
+batch when ``config.optim.skip_nonfinite``; in a distributed job every rank skips the same step),
 steps the optimizer (gradient scaling and clipping) and sums the logged terms. While a
 :class:`SigintFlag` is installed, Ctrl-C stops the epoch after the step in progress and the state
 at that point is written to ``interrupted.pt`` (:func:`save_interrupted`), from which
@@ -126,7 +126,7 @@ def _nonfinite_term(out: StepOutput, config: TrainConfig, training: Training) ->
     bad = None
     if not bool(torch.isfinite(out.loss)):
         bad = next((k for k, v in out.terms.items() if not bool(torch.isfinite(v).all())), "loss")
-    if config.skip_nonfinite and training.info.enabled:  # every rank must skip the same step
+    if config.optim.skip_nonfinite and training.info.enabled:  # every rank must skip the same step
         flag = torch.tensor(float(bad is not None), device=training.device)
         torch.distributed.all_reduce(flag)
         bad = bad or ("loss" if float(flag) > 0 else None)
@@ -137,10 +137,10 @@ def _skip_or_raise(
     bad: str, batch: Batch, dataset: ParticleDataset, config: TrainConfig, epoch: int, i: int
 ) -> None:
     """Raise :class:`NonFiniteLossError` naming term ``bad``, the epoch, batch ``i`` and its
-    particles, or with ``config.skip_nonfinite`` log the same as a warning."""
+    particles, or with ``config.optim.skip_nonfinite`` log the same as a warning."""
     ids = dataset.indices[batch.index.cpu().numpy()].tolist()
     message = f"non-finite {bad!r} at epoch {epoch + 1}, batch {i + 1}; particles {ids}"
-    if not config.skip_nonfinite:
+    if not config.optim.skip_nonfinite:
         raise NonFiniteLossError(message)
     logger.warning("skipped batch: %s", message)
 
@@ -150,9 +150,9 @@ def _optimizer_step(training: Training, config: TrainConfig, out: StepOutput) ->
     t = training
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(out.loss).backward()
-    if config.grad_clip is not None:
+    if config.optim.grad_clip is not None:
         t.scaler.unscale_(t.optimizer)
-        nn.utils.clip_grad_norm_(t.model.parameters(), config.grad_clip)
+        nn.utils.clip_grad_norm_(t.model.parameters(), config.optim.grad_clip)
     t.scaler.step(t.optimizer)
     t.scaler.update()
 
@@ -209,7 +209,7 @@ def _read_ahead(dataset: ParticleDataset, config: TrainConfig) -> int:
     """Batches read ahead on a thread (:mod:`cryonoo.io.prefetch`): 2 for a lazy dataset read
     in this process (reading and preprocessing overlap the step), else 0 (an in-memory batch
     is an index; loader workers already read ahead)."""
-    return 2 if dataset.lazy and config.num_workers == 0 else 0
+    return 2 if dataset.lazy and config.data.num_workers == 0 else 0
 
 
 def fit_epoch(

@@ -139,13 +139,13 @@ def _check_same_recipe(run: Path, saved: dict[str, Any], config: TrainConfig, fo
 def _raw_noise_sigma(
     config: TrainConfig, dataset: ParticleDataset, saved: dict[str, Any] | None
 ) -> float | None:
-    """The augmenter's noise σ in stack units: a resumed run's own, else ``config.noise_sigma``,
+    """The augmenter's noise σ in stack units: a resumed run's own, else ``config.ssl.noise_sigma``,
     else estimated from the particles; ``None`` when the augmenter takes none."""
     if not needs_data_sigma(config):
         return None
     if saved is not None:
         return saved["data"]["noise_sigma"]
-    return config.noise_sigma or estimate_data_sigma(dataset)
+    return config.ssl.noise_sigma or estimate_data_sigma(dataset)
 
 
 def plan_run(
@@ -248,10 +248,10 @@ def open_training_data(
         source.ctf,
         ind=source.index(),
         datadir=source.datadir,
-        lazy=config.lazy,
+        lazy=config.data.lazy,
         preprocessing=config.preprocessing(),
         norm_std=norm_std,
-        ctf_rescale=config.ctf_rescale,
+        ctf_rescale=config.data.ctf_rescale,
         drop_bad=source.drop_bad,
     )
     if dataset.dropped.size and run_dir is not None:

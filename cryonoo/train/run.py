@@ -54,7 +54,7 @@ def load_run(
         raise ValueError(f"{root} has no checkpoint for epoch {epoch}; available: {epochs}")
     state = load_checkpoint(root / f"weights.{epoch}.pt", map_location="cpu")
     train = TrainConfig.from_dict(config["train"])
-    model = MODELS.get(train.model)(**config["model"])
+    model = MODELS.get(train.model.kind)(**config["model"])
     model.load_state_dict(state["vae"])
     model.to(device).eval()
     return TrainedRun(root, model, epoch, train, config["data"])

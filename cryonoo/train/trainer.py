@@ -5,16 +5,16 @@
 1. :func:`~cryonoo.train.plan.plan_run`: the device, the checkpoint to continue from (refusing to
    overwrite a run, or to resume it with another recipe), the resume state, the data's noise σ;
 2. :func:`~cryonoo.train.build.build_training`: the model named by the config
-   (``MODELS[config.model]``: the VAE, wrapped in :class:`~cryonoo.ssl.distill.SelfDistillation`
-   when the recipe has an SSL term, or the autodecoder), Adam (the autodecoder's latents at
-   ``config.latent_lr``), the scheduler, the seeded generators and the loader, with a resume
-   state restored into them;
+   (``MODELS[config.model.kind]``: the VAE, wrapped in
+   :class:`~cryonoo.ssl.distill.SelfDistillation` when the recipe has an SSL term, or the
+   autodecoder), Adam (the autodecoder's latents at ``config.model.latent_lr``), the scheduler,
+   the seeded generators and the loader, with a resume state restored into them;
 3. ``config.json`` and ``train_indices.npy`` (:mod:`cryonoo.train.state`);
 4. for each epoch, :func:`~cryonoo.train.loop.fit_epoch` (shuffled batches, NaN/Inf checks,
    optimizer steps), then the end of the epoch: the scheduler steps on the epoch loss, a line of
-   ``stats.jsonl`` is written, and every ``checkpoint_every`` epochs all training particles are
-   encoded (posterior means and log-variances, dataset order; the autodecoder's learned latent
-   table) into ``z.N.pkl`` and the state into ``weights.N.pt`` (atomic).
+   ``stats.jsonl`` is written, and every ``config.output.checkpoint_every`` epochs all training
+   particles are encoded (posterior means and log-variances, dataset order; the autodecoder's
+   learned latent table) into ``z.N.pkl`` and the state into ``weights.N.pt`` (atomic).
 
 ``resume=True`` continues from the newest checkpoint with the saved optimizer, scheduler and
 generator states, so an interrupted run loses at most the epoch in progress (nothing, after a
@@ -108,8 +108,9 @@ def _epoch_means(progress: EpochProgress, training: Training) -> tuple[dict[str,
 
 
 def _step_scheduler(training: Training, config: TrainConfig, means: dict[str, float]) -> None:
-    """Step the plateau scheduler on the epoch's mean loss (``config.plateau_on``), if finite."""
-    watched = means.get("loss" if config.plateau_on == "total" else "model_loss")
+    """Step the plateau scheduler on the epoch's mean loss (``config.optim.plateau_on``), if
+    finite."""
+    watched = means.get("loss" if config.optim.plateau_on == "total" else "model_loss")
     if training.scheduler is not None and watched is not None and math.isfinite(watched):
         training.scheduler.step(watched)
 
@@ -154,7 +155,7 @@ def _finish_epoch(
     # the stats line before the checkpoint: a run killed in between has a line past its last
     # checkpoint, which --resume drops and rewrites (never a checkpoint without one)
     append_stats(plan.run_dir / "stats.jsonl", record)
-    if epoch_no % config.checkpoint_every == 0 or epoch_no == config.epochs:
+    if epoch_no % config.output.checkpoint_every == 0 or epoch_no == config.optim.epochs:
         _save_epoch(plan.run_dir, training, dataset, epoch_no)
     (plan.run_dir / INTERRUPTED).unlink(missing_ok=True)  # superseded by the complete epoch
     return record
@@ -196,7 +197,7 @@ def train(
     progress = EpochProgress.resumed(plan.state)
     stop = SigintFlag.install() if not plan.info.enabled else None
     try:
-        for epoch in range(training.start_epoch, config.epochs):
+        for epoch in range(training.start_epoch, config.optim.epochs):
             progress = fit_epoch(
                 training,
                 config,
@@ -218,5 +219,8 @@ def train(
         if stop is not None:
             stop.restore()
     return TrainResult(
-        plan.run_dir, training.model, stats, last_epoch=max(training.start_epoch, config.epochs)
+        plan.run_dir,
+        training.model,
+        stats,
+        last_epoch=max(training.start_epoch, config.optim.epochs),
     )

@@ -107,8 +107,6 @@ def test_latents_and_volume_equal_cryodrgn(data, tmp_path, arch) -> None:
 
 def test_exported_run_works_in_cryodrgn(data, tmp_path) -> None:
     """cryonoo run → ``cryonoo export-cryodrgn`` → cryoDRGN's eval_vol and analyze."""
-    from dataclasses import replace
-
     from typer.testing import CliRunner
 
     from cryonoo.cli import app
@@ -118,7 +116,12 @@ def test_exported_run_works_in_cryodrgn(data, tmp_path) -> None:
     from cryonoo.train.trainer import train
 
     small = {"zdim": 2, "enc_dim": 32, "dec_dim": 32, "enc_layers": 1, "dec_layers": 1}
-    config = replace(get_recipe("cryodrgn"), epochs=1, batch_size=16, **small)
+    changes = {
+        "optim.epochs": 1,
+        "optim.batch_size": 16,
+        **{f"model.{k}": v for k, v in small.items()},
+    }
+    config = get_recipe("cryodrgn").replace(changes)
     train(config, open_dataset(data.root, ind="train"), tmp_path / "ours", device="cpu")
     out = tmp_path / "cd"
     result = CliRunner().invoke(app, ["export-cryodrgn", str(tmp_path / "ours"), "-o", str(out)])

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,14 +27,14 @@ from cryonoo.train.trainer import NonFiniteLossError, train
 
 runner = CliRunner()
 SMALL = {
-    "enc_dim": 16,
-    "dec_dim": 16,
-    "enc_layers": 1,
-    "dec_layers": 1,
-    "zdim": 2,
-    "batch_size": 16,
-    "head": "16-16",
-    "warmup_epochs": 0,
+    "model.enc_dim": 16,
+    "model.dec_dim": 16,
+    "model.enc_layers": 1,
+    "model.dec_layers": 1,
+    "model.zdim": 2,
+    "optim.batch_size": 16,
+    "ssl.head": "16-16",
+    "ssl.warmup": 0,
 }
 
 
@@ -153,17 +152,14 @@ def test_nonfinite_loss_is_named_or_skipped(data, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(HetVAE, "training_step", poisoned)
-    config = replace(
-        get_recipe("cryodrgn"),
-        epochs=1,
-        **{k: SMALL[k] for k in ("enc_dim", "dec_dim", "zdim", "batch_size")},
-    )
+    small = ("model.enc_dim", "model.dec_dim", "model.zdim", "optim.batch_size")
+    config = get_recipe("cryodrgn").replace({"optim.epochs": 1, **{k: SMALL[k] for k in small}})
     with pytest.raises(
         NonFiniteLossError, match=r"non-finite 'kld' at epoch 1, batch 3; particles"
     ):
         train(config, dataset, tmp_path / "a")
     calls["n"] = 0
-    result = train(replace(config, skip_nonfinite=True), dataset, tmp_path / "b")
+    result = train(config.replace({"optim.skip_nonfinite": True}), dataset, tmp_path / "b")
     assert result.stats[-1]["skipped_nonfinite"] == 1
     assert np.isfinite(result.stats[-1]["loss"])
 
@@ -187,13 +183,14 @@ def test_small_and_degenerate_shapes(data, tmp_path, case):
     kw = dict(SMALL)
     indices = "train"
     if case == "batch-larger-than-data":
-        kw["batch_size"] = 1000
+        kw["optim.batch_size"] = 1000
     elif case == "one-image":
         indices = np.array([0])
     else:
-        kw["zdim"] = 1
+        kw["model.zdim"] = 1
     dataset = open_dataset(data.root, ind=indices, lazy=False)
-    result = train(replace(get_recipe("cryonoo"), epochs=1, **kw), dataset, tmp_path / case)
+    config = get_recipe("cryonoo").replace({"optim.epochs": 1, **kw})
+    result = train(config, dataset, tmp_path / case)
     record = result.stats[-1]
     assert np.isfinite(record["loss"])
     if case == "one-image":
@@ -206,7 +203,7 @@ def test_ctrl_c_saves_the_current_state_and_resume_is_exact(data, tmp_path):
     from cryonoo.train.checkpoint import INTERRUPTED
 
     dataset = open_dataset(data.root, ind="train", lazy=False)
-    config = replace(get_recipe("cryonoo"), epochs=3, **SMALL)
+    config = get_recipe("cryonoo").replace({"optim.epochs": 3, **SMALL})
     train(config, dataset, tmp_path / "straight")
     steps = {"n": 0}
 

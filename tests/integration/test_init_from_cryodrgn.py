@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 from cryonoo.cli import app
 from cryonoo.io.cryodrgn import load_z_pkl
 from cryonoo.io.dataset import open_dataset
+from cryonoo.train.config import dotted
 from cryonoo.train.cryodrgn_init import start_from_cryodrgn
 from cryonoo.train.recipes import get_recipe
 from cryonoo.train.trainer import train
@@ -80,7 +80,9 @@ def test_cli_names_the_flags_that_differ(tmp_path) -> None:
 
 def test_train_rejects_another_architecture(tmp_path) -> None:
     ds = open_dataset(FIXTURE / "particles.mrcs", FIXTURE / "poses.pkl", FIXTURE / "ctf.pkl")
-    config = replace(get_recipe("cryodrgn"), **{**ARCH, "enc_dim": 32, "pe_dim": 8}, epochs=1)
+    arch = {dotted(k): v for k, v in ARCH.items()}
+    changes = {**arch, "model.enc_dim": 32, "model.pe_dim": 8, "optim.epochs": 1}
+    config = get_recipe("cryodrgn").replace(changes)
     with pytest.raises(ValueError) as info:
         train(config, ds, tmp_path / "run", device="cpu", init_from=FIXTURE)
     msg = str(info.value)
@@ -117,16 +119,18 @@ def test_export_cryodrgn_writes_a_loadable_run(tmp_path) -> None:
 
 
 def test_start_from_cryodrgn_adopts_the_run() -> None:
-    recipe = replace(get_recipe("cryonoo"), invert=False, window=False, window_r=0.5)
+    recipe = get_recipe("cryonoo").replace(
+        {"data.invert": False, "data.window": False, "data.window_r": 0.5}
+    )
     start = start_from_cryodrgn(recipe, FIXTURE)
     config = start.config
-    assert {k: getattr(config, k) for k in ARCH} == ARCH
-    assert (config.invert, config.window, config.window_r) == (True, True, 0.85)
-    assert config.warmup_epochs == 0  # the cryoDRGN run was the warm-up
+    assert {k: config.to_dict()[k] for k in ARCH} == ARCH
+    assert (config.data.invert, config.data.window, config.data.window_r) == (True, True, 0.85)
+    assert config.ssl.warmup == 0  # the cryoDRGN run was the warm-up
     assert start.norm_std == pytest.approx(16.30588722229004)
     assert start.weights == FIXTURE / "weights.pkl" and start.run_dir == FIXTURE
-    given = start_from_cryodrgn(replace(recipe, warmup_epochs=3), FIXTURE, {"warmup_epochs": 3})
-    assert given.config.warmup_epochs == 3
+    given = start_from_cryodrgn(recipe.replace({"ssl.warmup": 3}), FIXTURE, {"warmup_epochs": 3})
+    assert given.config.ssl.warmup == 3
     with pytest.raises(ValueError, match=r"--enc-dim 32 \(checkpoint: 64, model_args.qdim\)"):
         start_from_cryodrgn(recipe, FIXTURE, {"enc_dim": 32, "zdim": 2})
 
@@ -139,7 +143,9 @@ def test_python_start_from_cryodrgn_equals_the_cli(tmp_path) -> None:
         "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    start = start_from_cryodrgn(replace(get_recipe("cryonoo"), epochs=1, batch_size=12), FIXTURE)
+    start = start_from_cryodrgn(
+        get_recipe("cryonoo").replace({"optim.epochs": 1, "optim.batch_size": 12}), FIXTURE
+    )
     ds = open_dataset(
         FIXTURE / "particles.mrcs",
         FIXTURE / "poses.pkl",

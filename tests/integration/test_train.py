@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import mrcfile
 import numpy as np
@@ -22,24 +21,27 @@ from cryonoo.train.trainer import train
 
 runner = CliRunner()
 SMALL = {
-    "enc_dim": 32,
-    "dec_dim": 32,
-    "enc_layers": 2,
-    "dec_layers": 2,
-    "zdim": 2,
-    "batch_size": 16,
-    "head": "32-32",
-    "warmup_epochs": 1,
+    "model.enc_dim": 32,
+    "model.dec_dim": 32,
+    "model.enc_layers": 2,
+    "model.dec_layers": 2,
+    "model.zdim": 2,
+    "optim.batch_size": 16,
+    "ssl.head": "32-32",
+    "ssl.warmup": 1,
 }
 
 
-def _config(name: str = "cryonoo", **kw) -> TrainConfig:
-    return replace(get_recipe(name), **{**SMALL, **kw})
+def _config(name: str = "cryonoo", changes: dict | None = None) -> TrainConfig:
+    """Recipe ``name`` at the tests' small scale, with ``changes`` (``section.key`` → value)."""
+    return get_recipe(name).replace({**SMALL, **(changes or {})})
 
 
 def test_training_writes_outputs_and_loss_decreases(data, tmp_path):
     dataset = open_dataset(data.root, ind="train", lazy=False)
-    result = train(_config(epochs=4, lr=1e-3), dataset, tmp_path / "run")
+    result = train(
+        _config(changes={"optim.epochs": 4, "optim.lr": 1e-3}), dataset, tmp_path / "run"
+    )
     run = tmp_path / "run"
     for epoch in range(1, 5):
         assert (run / f"weights.{epoch}.pt").is_file()
@@ -60,16 +62,21 @@ def test_training_writes_outputs_and_loss_decreases(data, tmp_path):
 def test_resume_equals_uninterrupted_run(data, tmp_path):
     """Interrupt after 2 epochs, resume to 3: bit-identical to training 3 epochs at once (CPU)."""
     dataset = open_dataset(data.root, ind="train", lazy=False)
-    train(_config(epochs=3), dataset, tmp_path / "straight")
-    train(_config(epochs=2), dataset, tmp_path / "resumed")
-    train(_config(epochs=3), dataset, tmp_path / "resumed", resume=True)
+    train(_config(changes={"optim.epochs": 3}), dataset, tmp_path / "straight")
+    train(_config(changes={"optim.epochs": 2}), dataset, tmp_path / "resumed")
+    train(_config(changes={"optim.epochs": 3}), dataset, tmp_path / "resumed", resume=True)
     a, _ = load_z_pkl(tmp_path / "straight" / "z.3.pkl")
     b, _ = load_z_pkl(tmp_path / "resumed" / "z.3.pkl")
     np.testing.assert_array_equal(a, b)
     with pytest.raises(FileExistsError, match="--resume"):
-        train(_config(epochs=3), dataset, tmp_path / "resumed")
+        train(_config(changes={"optim.epochs": 3}), dataset, tmp_path / "resumed")
     with pytest.raises(ValueError, match=r"enc_dim: 32 → 64"):
-        train(_config(epochs=4, enc_dim=64), dataset, tmp_path / "resumed", resume=True)
+        train(
+            _config(changes={"optim.epochs": 4, "model.enc_dim": 64}),
+            dataset,
+            tmp_path / "resumed",
+            resume=True,
+        )
 
 
 def test_lazy_training_with_read_ahead_equals_in_memory_training(data, tmp_path):
@@ -77,11 +84,11 @@ def test_lazy_training_with_read_ahead_equals_in_memory_training(data, tmp_path)
     the in-memory run's, self-distillation included."""
     from cryonoo.train.loop import _read_ahead
 
-    config = _config(epochs=2)
+    config = _config(changes={"optim.epochs": 2})
     lazy = open_dataset(data.root, ind="train", lazy=True)
     eager = open_dataset(data.root, ind="train", lazy=False)
     assert _read_ahead(lazy, config) == 2 and _read_ahead(eager, config) == 0
-    assert _read_ahead(lazy, replace(config, num_workers=1)) == 0
+    assert _read_ahead(lazy, config.replace({"data.num_workers": 1})) == 0
     train(config, lazy, tmp_path / "lazy")
     train(config, eager, tmp_path / "eager")
     a, _ = load_z_pkl(tmp_path / "lazy" / "z.2.pkl")
@@ -91,8 +98,12 @@ def test_lazy_training_with_read_ahead_equals_in_memory_training(data, tmp_path)
 
 def test_seeds_change_results(data, tmp_path):
     dataset = open_dataset(data.root, ind="train", lazy=False)
-    train(_config("cryodrgn", epochs=1, seed=1), dataset, tmp_path / "s1")
-    train(_config("cryodrgn", epochs=1, seed=2), dataset, tmp_path / "s2")
+    train(
+        _config("cryodrgn", changes={"optim.epochs": 1, "optim.seed": 1}), dataset, tmp_path / "s1"
+    )
+    train(
+        _config("cryodrgn", changes={"optim.epochs": 1, "optim.seed": 2}), dataset, tmp_path / "s2"
+    )
     a, _ = load_z_pkl(tmp_path / "s1" / "z.1.pkl")
     b, _ = load_z_pkl(tmp_path / "s2" / "z.1.pkl")
     assert not np.allclose(a, b)
@@ -153,7 +164,7 @@ def test_cli_train_encode_volumes(data, tmp_path):
 def test_encode_refuses_other_box(data, tmp_path):
     run = tmp_path / "r"
     dataset = open_dataset(data.root, ind="train", lazy=False)
-    train(_config("cryodrgn", epochs=1), dataset, run)
+    train(_config("cryodrgn", changes={"optim.epochs": 1}), dataset, run)
     other = simulate_phantom(
         tmp_path / "other",
         PHANTOMS.build("igg-1d", n_conformations=2),
@@ -188,14 +199,16 @@ def test_recipes_cover_the_paper_arms():
     }
     assert expected <= set(RECIPES)
     base = RECIPES["cryonoo"]
-    assert (base.ssl, base.ssl_weight, base.warmup_epochs, base.noise_factors, base.head) == (
+    ssl = base.ssl
+    assert (ssl.objective, ssl.weight, ssl.warmup, ssl.noise_factors, ssl.head) == (
         "vicreg",
         0.3,
         10,
         (0.5, 1.0, 1.5),
         "1024-1024-1024",
     )
-    assert RECIPES["cryodrgn"].ssl is None and not RECIPES["cryodrgn"].lr_plateau
+    cryodrgn = RECIPES["cryodrgn"]
+    assert cryodrgn.ssl.objective is None and not cryodrgn.optim.lr_plateau
     with pytest.raises(KeyError, match="choose from"):
         get_recipe("nope")
     assert TrainConfig.from_dict(base.to_dict()) == base
@@ -212,7 +225,7 @@ def test_configs_of_older_runs_still_load():
 def test_load_run_rebuilds_model(data, tmp_path):
     run = tmp_path / "lr"
     dataset = open_dataset(data.root, ind="train", lazy=False)
-    train(_config("cryodrgn", epochs=1), dataset, run)
+    train(_config("cryodrgn", changes={"optim.epochs": 1}), dataset, run)
     loaded = load_run(run)
     mu, _ = load_z_pkl(run / "z.1.pkl")
     batch = dataset[np.arange(4)]
@@ -269,7 +282,11 @@ def test_bf16_training_follows_fp32(data, tmp_path):
     """bfloat16 autocast changes rounding only: the same run's losses agree to ~1 %."""
     dataset = open_dataset(data.root, ind="train", lazy=False)
     runs = {
-        p: train(_config(epochs=2, lr=1e-3, precision=p), dataset, tmp_path / p).stats
+        p: train(
+            _config(changes={"optim.epochs": 2, "optim.lr": 1e-3, "optim.precision": p}),
+            dataset,
+            tmp_path / p,
+        ).stats
         for p in ("fp32", "bf16")
     }
     for a, b in zip(runs["fp32"], runs["bf16"], strict=True):
@@ -290,10 +307,10 @@ def test_every_recipe_builds_and_takes_a_step(name):
     from cryonoo.train.build import build_model
     from cryonoo.types import Batch
 
-    config = replace(get_recipe(name), **SMALL)
+    config = get_recipe(name).replace(SMALL)
     model = build_model(config, 17, noise_sigma=0.5, n_images=8)
     if hasattr(model, "set_epoch"):
-        model.set_epoch(config.warmup_epochs)  # past the warm-up: the SSL term is on
+        model.set_epoch(config.ssl.warmup)  # past the warm-up: the SSL term is on
     g = torch.Generator().manual_seed(0)
     batch = Batch(
         images=torch.randn(8, 17, 17, generator=g),
@@ -314,7 +331,7 @@ def test_encoder_weight_decay_decays_the_encoder_alone():
 
     from cryonoo.train.build import base_model, build_model, build_optimizer
 
-    config = replace(get_recipe("sleep-4v-pv-ewd1"), **SMALL)
+    config = get_recipe("sleep-4v-pv-ewd1").replace(SMALL)
     model = build_model(config, 17, noise_sigma=0.5, n_images=8)
     optimizer = build_optimizer(config, model, base_model(model))
     before = [p.detach().clone() for p in model.parameters()]
@@ -322,10 +339,10 @@ def test_encoder_weight_decay_decays_the_encoder_alone():
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    factor = 1 - config.lr * config.encoder_weight_decay
+    factor = 1 - config.optim.lr * config.optim.encoder_weight_decay
     for old, p in zip(before, model.parameters(), strict=True):
         expected = old * factor if id(p) in encoder else old
         torch.testing.assert_close(p.detach(), expected)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(before)
     with pytest.raises(ValueError, match="encoder_weight_decay"):
-        replace(config, weight_decay=1e-4)
+        config.replace({"optim.weight_decay": 1e-4})

@@ -14,7 +14,7 @@ from cryonoo.physics.simulate import volume_spectrum
 from cryonoo.physics.slice import extract_central_slices
 from cryonoo.train.build import base_model, build_model
 from cryonoo.train.encode import encode_dataset
-from cryonoo.train.recipes import get_recipe
+from cryonoo.train.recipes import TrainConfig, get_recipe
 from cryonoo.types import Batch, ReconstructionModel
 
 D = 17
@@ -121,7 +121,7 @@ def test_clear_errors():
         model.fit_latents(batch.images, batch.rot, init="ones")
     with pytest.raises(ValueError, match="no encoder to encode particles"):
         encode_dataset(model, None, torch.device("cpu"))
-    ssl_recipe = get_recipe("autodecoder").__class__(name="x", model="autodecoder")
+    ssl_recipe = TrainConfig().replace({"model.kind": "autodecoder"}, name="x")
     with pytest.raises(ValueError, match="self-distillation needs an encoder"):
         build_model(ssl_recipe, D, noise_sigma=1.0, n_images=4)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import replace
 
 import pytest
 import yaml
@@ -23,15 +22,17 @@ from cryonoo.train.recipes import RECIPES, TrainConfig, get_recipe
 def test_every_field_has_exactly_one_section():
     placed = [name for members in SECTIONS.values() for name in members]
     assert len(placed) == len(set(placed))
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"name"}
-    assert set(placed) == fields
+    assert set(placed) == set(TrainConfig().to_dict()) - {"name"}
+    for section, members in SECTIONS.items():  # a section of the file is a part of the config
+        part = getattr(TrainConfig(), section)
+        assert len(dataclasses.fields(part)) == len(members)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_round_trips_through_its_file_form(name):
     recipe = get_recipe(name)
     assert config_from_mapping(yaml.safe_load(yaml.safe_dump(nested_config(recipe)))) == recipe
-    changed = replace(recipe, epochs=3, noise_factors=(1.0, 2.0))
+    changed = recipe.replace({"optim.epochs": 3, "ssl.noise_factors": (1.0, 2.0)})
     diff = nested_config(changed, name)
     assert diff["recipe"] == name and diff["optim"] == {"epochs": 3}
     assert config_from_mapping(json.loads(json.dumps(diff))) == changed
@@ -52,10 +53,24 @@ def test_overrides_parse_by_field_type():
             "epochs=4",
         ],
     )
-    assert (config.ssl_weight, config.lr_plateau, config.ssl) == (0.1, False, "simsiam")
-    assert (config.warmup_epochs, config.noise_factors) == (2, (1.0, 1.5))
-    assert config.noise_sigma is None and config.ssl_options == {"inv": 25}
-    assert (config.model, config.epochs) == ("autodecoder", 4)
+    ssl = config.ssl
+    assert (ssl.weight, config.optim.lr_plateau, ssl.objective) == (0.1, False, "simsiam")
+    assert (ssl.warmup, ssl.noise_factors) == (2, (1.0, 1.5))
+    assert ssl.noise_sigma is None and ssl.options == {"inv": 25}
+    assert (config.model.kind, config.optim.epochs) == ("autodecoder", 4)
+
+
+def test_overrides_accept_flat_names_as_aliases():
+    """Inside a section the flat config.json name works too (``ssl.ssl_weight``)."""
+    aliases = [
+        "ssl.ssl_weight=0.2",
+        "ssl.warmup_epochs=3",
+        "model.model=autodecoder",
+        "ssl.ssl=barlow",
+    ]
+    config = apply_overrides(get_recipe("cryonoo"), aliases)
+    canonical = ["ssl.weight=0.2", "ssl.warmup=3", "model.kind=autodecoder", "ssl.objective=barlow"]
+    assert config == apply_overrides(get_recipe("cryonoo"), canonical)
 
 
 @pytest.mark.parametrize(
@@ -80,10 +95,12 @@ def test_load_config_yaml_json_and_a_runs_config(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("recipe: sleep-4v-pv\nname: mine\noptim: {epochs: 7}\nssl: {weight: 0.2}\n")
     config = load_config(path)
-    assert config == replace(get_recipe("sleep-4v-pv"), name="mine", epochs=7, ssl_weight=0.2)
+    assert config == get_recipe("sleep-4v-pv").replace(
+        {"optim.epochs": 7, "ssl.weight": 0.2}, name="mine"
+    )
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"recipe": "cryodrgn", "epochs": 2}))
-    assert load_config(flat) == replace(get_recipe("cryodrgn"), epochs=2)
+    assert load_config(flat) == get_recipe("cryodrgn").replace({"optim.epochs": 2})
     saved = tmp_path / "config.json"  # what a run writes: {"train": {...every field...}, ...}
     saved.write_text(json.dumps({"train": config.to_dict(), "data": {"box": 16}}))
     assert load_config(saved) == config
@@ -113,9 +130,10 @@ def test_resolve_config_precedence(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("recipe: cryodrgn\noptim: {epochs: 7, lr: 0.001}\nssl: {weight: 0.5}\n")
     config = resolve_config(None, path, ["optim.lr=0.002"], {"lr": None, "epochs": 3})
-    assert (config.name, config.epochs, config.lr, config.ssl_weight) == ("cryodrgn", 3, 0.002, 0.5)
+    got = (config.name, config.optim.epochs, config.optim.lr, config.ssl.weight)
+    assert got == ("cryodrgn", 3, 0.002, 0.5)
     other = resolve_config("sleep-4v-pv", path)  # --recipe over the file's recipe
-    assert other.name == "sleep-4v-pv" and other.epochs == 7
+    assert other.name == "sleep-4v-pv" and other.optim.epochs == 7
     assert resolve_config() == get_recipe("cryonoo")
 
 
@@ -129,11 +147,12 @@ def test_describe_recipe_names_its_nearest_parent():
 
 def test_derived_recipes_do_not_share_option_dicts():
     base = get_recipe("sleep-4v-pv")
-    derived = replace(base, name="other")
-    assert derived.augment_options == base.augment_options
-    assert derived.augment_options is not base.augment_options
-    derived.augment_options["poses"] = "same"  # a caller's mutation stays its own
-    assert get_recipe("sleep-4v-pv").augment_options == {"poses": "per-view"}
+    derived = base.replace(name="other")
+    assert derived.ssl.augment_options == base.ssl.augment_options
+    assert derived.ssl.augment_options is not base.ssl.augment_options
+    with pytest.raises(TypeError):  # read-only: no caller can change a recipe's options
+        derived.ssl.augment_options["poses"] = "same"  # type: ignore[index]
+    assert get_recipe("sleep-4v-pv").ssl.augment_options == {"poses": "per-view"}
 
 
 def test_benchmark_scale_and_settings_reach_every_recipe():
@@ -144,20 +163,21 @@ def test_benchmark_scale_and_settings_reach_every_recipe():
     config = BenchmarkConfig(epochs=6, batch_size=16, enc_dim=32, settings=("optim.lr=3e-4",))
     for name, recipe in RECIPES.items():
         scaled = benchmark_recipe(name, config, seed=5)
-        expected = replace(
-            recipe,
-            epochs=6,
-            warmup_epochs=config.warmup,
-            zdim=config.zdim,
-            enc_layers=config.enc_layers,
-            enc_dim=32,
-            dec_layers=config.dec_layers,
-            dec_dim=config.dec_dim,
-            batch_size=16,
-            precision=config.precision,
-            seed=5,
-            checkpoint_every=6,
-            lr=3e-4,
+        expected = recipe.replace(
+            {
+                "optim.epochs": 6,
+                "ssl.warmup": config.warmup,
+                "model.zdim": config.zdim,
+                "model.enc_layers": config.enc_layers,
+                "model.enc_dim": 32,
+                "model.dec_layers": config.dec_layers,
+                "model.dec_dim": config.dec_dim,
+                "optim.batch_size": 16,
+                "optim.precision": config.precision,
+                "optim.seed": 5,
+                "output.checkpoint_every": 6,
+                "optim.lr": 3e-4,
+            }
         )
         assert scaled == expected, name
 

@@ -32,7 +32,7 @@ def test_bad_precisions_are_refused():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="precision"):
-        TrainConfig(precision="half")
+        TrainConfig().replace({"optim.precision": "half"})
     assert set(PRECISIONS) == {"auto", "fp32", "bf16", "fp16"}
 
 
@@ -40,9 +40,9 @@ def test_old_configs_with_amp_load():
     """Run directories written before ``precision`` existed stored ``amp: bool``."""
     old = TrainConfig().to_dict()
     del old["precision"]
-    assert TrainConfig.from_dict({**old, "amp": True}).precision == "auto"
-    assert TrainConfig.from_dict({**old, "amp": False}).precision == "fp32"
-    new = TrainConfig(precision="bf16").to_dict()
-    assert TrainConfig.from_dict(new).precision == "bf16"
+    assert TrainConfig.from_dict({**old, "amp": True}).optim.precision == "auto"
+    assert TrainConfig.from_dict({**old, "amp": False}).optim.precision == "fp32"
+    new = TrainConfig().replace({"optim.precision": "bf16"}).to_dict()
+    assert TrainConfig.from_dict(new).optim.precision == "bf16"
     with pytest.raises(ValueError, match="unknown training settings"):
         TrainConfig.from_dict({**new, "amp_level": 1})
