@@ -292,31 +292,24 @@ def evaluate_refinement(
     encode_train_s = time.perf_counter() - t0
     y_train = None if labels is None else labels[train_set.indices]
 
+    def score(z: np.ndarray) -> dict[str, Any]:
+        return _score(run, z_train, y_train, z, test_set, truth, dev, seed)
+
     rows: list[dict[str, Any]] = []
-    for i, band in enumerate(bands):
+    mu: np.ndarray | None = None
+    for band in bands:
         where = "" if band is None else f", |k| ≤ {band:g}"
         say(f"encoding and refining {n_test:,} {split} particles, budgets {list(budgets)}{where}")
         fits = refine_budgets(
             run.model, test_set, dev, (0, *budgets), lr=lr, band=band, batch_size=batch_size
         )
-        mu = fits[0][0]
+        if mu is None:
+            mu = fits[0][0]
+        else:
+            del fits[0]  # one amortized row
         for k, (z, secs) in fits.items():
-            if k == 0 and i > 0:
-                continue  # one amortized row
-            method = "amortized" if k == 0 else f"refine {k}{where}"
-            say(f"scoring the {method} latents")
-            rows.append(
-                {
-                    "method": method,
-                    "steps": k,
-                    "lr": None if k == 0 else lr,
-                    "band": None if k == 0 else band,
-                    "infer_s": secs,
-                    "images_per_s": n_test / max(secs, 1e-12),
-                    **_score(run, z_train, y_train, z, test_set, truth, dev, seed),
-                    "shift_from_amortized": float(np.linalg.norm(z - mu, axis=1).mean()),
-                }
-            )
+            say(f"scoring the {_method(k, band)} latents")
+            rows.append(_row(k, z, secs, lr=lr, band=band, mu=mu, score=score))
     seen = rows[0]["label_recovery"]
     result: dict[str, Any] = {
         "run": str(run.run_dir),
@@ -348,6 +341,36 @@ def evaluate_refinement(
     for row in rows:
         row["speed_vs_autodecoder"] = None if ad_s is None else ad_s / max(row["infer_s"], 1e-12)
     return _json_ready(result)
+
+
+def _method(steps: int, band: float | None) -> str:
+    """A row's name: ``amortized``, ``refine K`` or ``refine K, |k| ≤ b``."""
+    if steps == 0:
+        return "amortized"
+    return f"refine {steps}" + ("" if band is None else f", |k| ≤ {band:g}")
+
+
+def _row(
+    steps: int,
+    z: np.ndarray,
+    seconds: float,
+    *,
+    lr: float,
+    band: float | None,
+    mu: np.ndarray,
+    score: Callable[[np.ndarray], dict[str, Any]],
+) -> dict[str, Any]:
+    """One row of the table: the latents ``z`` after ``steps`` Adam steps (0: amortized)."""
+    return {
+        "method": _method(steps, band),
+        "steps": steps,
+        "lr": None if steps == 0 else lr,
+        "band": None if steps == 0 else band,
+        "infer_s": seconds,
+        "images_per_s": len(z) / max(seconds, 1e-12),
+        **score(z),
+        "shift_from_amortized": float(np.linalg.norm(z - mu, axis=1).mean()),
+    }
 
 
 def _autodecoder_row(
