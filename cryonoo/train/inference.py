@@ -149,28 +149,10 @@ def infer_latents(
         raise ValueError(f"band applies to method 'refine' only, not {method!r}")
     if method == "amortized":
         return encode_dataset(model, dataset, device, batch_size=batch_size, prefetch=prefetch)
+    common = {"batch_size": batch_size, "steps": steps, "lr": lr, "prefetch": prefetch}
     if method == "refine":
-        steps = REFINE_STEPS if steps is None else steps
-        lr = REFINE_LR if lr is None else lr
-        z = refine_dataset(
-            model,
-            dataset,
-            device,
-            batch_size=batch_size,
-            steps=steps,
-            lr=lr,
-            band=band,
-            prefetch=prefetch,
-        )
-        return z, None
-    z = autodecode_dataset(
-        model,
-        dataset,
-        device,
-        batch_size=batch_size,
-        steps=steps,
-        lr=lr,
-        seed=seed,
-        prefetch=prefetch,
-    )
+        common["steps"] = REFINE_STEPS if steps is None else steps
+        common["lr"] = REFINE_LR if lr is None else lr
+        return refine_dataset(model, dataset, device, band=band, **common), None
+    z = autodecode_dataset(model, dataset, device, seed=seed, **common)
     return z, None
