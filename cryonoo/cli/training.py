@@ -440,10 +440,11 @@ def _check_refine_band(band: float | None, method: str) -> None:
     """``ValueError`` unless ``band`` is ``None`` or in ``(0, 0.5]`` with ``method`` refine."""
     if band is None:
         return
+    from cryonoo.physics.lattice import check_band
+
     if method != "refine":
         raise ValueError("--refine-band sets the band of --refine K; add --refine K")
-    if not 0 < band <= 0.5:
-        raise ValueError(f"--refine-band must be in (0, 0.5] cycles/pixel, got {band:g}")
+    check_band(band, "--refine-band")
 
 
 @app.command()

@@ -49,6 +49,7 @@ from cryonoo.io.dataset_dir import load_dataset_dir
 from cryonoo.models.autodecoder import AutoDecoder
 from cryonoo.models.refine import REFINE_LR, check_lr, frozen
 from cryonoo.models.vae import HetVAE
+from cryonoo.physics.lattice import check_band
 from cryonoo.train.encode import encode_dataset, resolve_device
 from cryonoo.train.inference import infer_latents
 from cryonoo.train.run import TrainedRun, load_run
@@ -96,11 +97,7 @@ def _check_bands(bands: Sequence[float | None]) -> tuple[float | None, ...]:
     items = tuple(bands)
     if not items:
         raise ValueError("bands must name at least one entry (None: the whole loss disk)")
-    for b in items:
-        ok = b is None or (not isinstance(b, bool) and isinstance(b, int | float) and 0 < b <= 0.5)
-        if not ok:
-            raise ValueError(f"each band must be None or in (0, 0.5] cycles/pixel, got {b!r}")
-    return tuple(None if b is None else float(b) for b in items)
+    return tuple(None if b is None else check_band(b, "each band (or None)") for b in items)
 
 
 def refine_budgets(

@@ -25,7 +25,12 @@ from cryonoo.models import refine
 from cryonoo.models.decoders import DECODERS
 from cryonoo.models.encoders import check_int
 from cryonoo.physics.ctf import ctf_from_params
-from cryonoo.physics.lattice import check_odd_lattice, circular_mask, lattice_coords
+from cryonoo.physics.lattice import (
+    check_band,
+    check_odd_lattice,
+    circular_mask,
+    lattice_coords,
+)
 from cryonoo.physics.shifts import shift_ht_points
 
 __all__ = ["LatticeModel"]
@@ -141,9 +146,8 @@ class LatticeModel(nn.Module):
     def _band_positions(self, band: float) -> Tensor:
         """Positions among the loss-mask points with ``|k| ≤ band`` cycles/pixel (a disk: still
         point symmetric and in raster order, as the Hermitian decoder needs)."""
-        if not 0.0 < float(band) <= 0.5:
-            raise ValueError(f"band must be in (0, 0.5] cycles/pixel, got {band!r}")
-        return (self._coords2.pow(2).sum(1) <= float(band) ** 2).nonzero()[:, 0]
+        radius = check_band(band)
+        return (self._coords2.pow(2).sum(1) <= radius**2).nonzero()[:, 0]
 
     def _to_image(self, values: Tensor) -> Tensor:
         out = values.new_zeros(values.shape[0], self.D * self.D)

@@ -24,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "Lattice",
+    "check_band",
     "check_odd_lattice",
     "circular_mask",
     "half_count",
@@ -38,6 +40,14 @@ __all__ = [
     "lattice_freqs",
     "radial_index",
 ]
+
+
+def check_band(band: object, name: str = "band") -> float:
+    """``band`` as a ``float`` frequency radius in ``(0, 0.5]`` cycles/pixel (0.5: Nyquist);
+    anything else (a bool, a non-number, a value outside) raises ``ValueError`` naming ``name``."""
+    if isinstance(band, bool) or not isinstance(band, numbers.Real) or not 0.0 < band <= 0.5:
+        raise ValueError(f"{name} must be in (0, 0.5] cycles/pixel, got {band!r}")
+    return float(band)
 
 
 def check_odd_lattice(D: int, name: str = "D") -> int:

@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cryonoo.physics.fft import ht2_center, iht2_center, symmetrize_ht, unsymmetrize_ht
+from cryonoo.physics.lattice import check_band
 from cryonoo.physics.rotations import random_rotations
 from cryonoo.physics.shifts import shift_ht
 from cryonoo.registry import Registry
@@ -560,9 +561,7 @@ class Dream(_NoiseFactorViews):
         draws: int = 1,
         band: float | None = None,
     ) -> None:
-        if band is not None and not 0.0 < float(band) <= 0.5:
-            raise ValueError(f"band must be in (0, 0.5] cycles/pixel, got {band!r}")
-        self.band = None if band is None else float(band)
+        self.band = None if band is None else check_band(band)
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         self.fraction = float(fraction)

@@ -3,6 +3,7 @@ import torch
 
 from cryonoo.physics.lattice import (
     Lattice,
+    check_band,
     circular_mask,
     half_count,
     lattice_coords,
@@ -64,3 +65,11 @@ def test_lattice_object_caches_masks():
     assert m1 is lat.circular_mask()
     assert torch.equal(m1, circular_mask(33))
     assert torch.allclose(lat.freqs2d, lattice_freqs(33))
+
+
+def test_check_band_takes_radii_up_to_nyquist_only():
+    assert check_band(0.25) == 0.25 and check_band(0.5) == 0.5 and check_band(1 / 3) == 1 / 3
+    assert isinstance(check_band(torch.tensor(0.2).item()), float)
+    for bad in (0, 0.0, -0.1, 0.51, True, "0.2", None, float("nan")):
+        with pytest.raises(ValueError, match=r"--refine-band must be in \(0, 0.5\] cycles/pixel"):
+            check_band(bad, "--refine-band")
