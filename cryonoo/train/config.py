@@ -428,11 +428,12 @@ class TrainConfig:
                 for key, value in data[section].items():
                     parts[section][location(flat_name(section, str(key)))[1]] = value
         name = flat.pop("name", cls.name)
-        unknown = sorted(set(_legacy(flat)) - set(_LOCATION))
+        legacy = _legacy(flat)
+        unknown = sorted(set(legacy) - set(_LOCATION))
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(_LOCATION)}")
         if not any(parts.values()) or flat:
-            for key, value in _legacy(flat).items():
+            for key, value in legacy.items():
                 section, short = _LOCATION[key]
                 parts[section].setdefault(short, value)
         return cls(name=name, **{s: SECTION_TYPES[s](**v) for s, v in parts.items()})
