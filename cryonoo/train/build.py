@@ -137,14 +137,18 @@ def build_optimizer(
 
     With ``config.optim.encoder_weight_decay`` > 0: AdamW whose decoupled decay acts on the
     encoder's parameters alone (decoder, SSL head and latents undecayed), i.e. plain Adam for
-    everything else.
+    everything else. ``config.optim.fused_adam`` selects torch's fused kernel (one pass over
+    the parameters instead of several multi-tensor passes).
     """
     if isinstance(vae, AutoDecoder):
         params: Any = vae.param_groups(config.model.latent_lr)
     else:
         params = model.parameters()
+    fused = {"fused": True} if config.optim.fused_adam else {}  # unset: torch's default Adam
     if config.optim.encoder_weight_decay <= 0:
-        return torch.optim.Adam(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        return torch.optim.Adam(
+            params, lr=config.optim.lr, weight_decay=config.optim.weight_decay, **fused
+        )
     encoder = getattr(vae, "encoder", None)
     if encoder is None:
         raise ValueError(f"encoder_weight_decay: {type(vae).__name__} has no encoder")
@@ -154,7 +158,7 @@ def build_optimizer(
         {"params": list(encoder.parameters()), "weight_decay": config.optim.encoder_weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.optim.lr)
+    return torch.optim.AdamW(groups, lr=config.optim.lr, **fused)
 
 
 def build_scheduler(

@@ -155,6 +155,9 @@ class OptimConfig(_Section):
     grad_clip: float | None = None
     skip_nonfinite: bool = False  # drop batches whose loss is NaN/Inf (counted in stats)
     precision: str = "auto"  # networks' precision: auto | fp32 | bf16 | fp16 (train.precision)
+    #: Adam's fused kernel (one pass over the parameters; faster, results differ in the last
+    #: digits from the default multi-tensor Adam, so every recipe keeps it off)
+    fused_adam: bool = False
     seed: int = 0
 
     def _checks(self) -> dict[str, bool]:

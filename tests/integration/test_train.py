@@ -346,3 +346,39 @@ def test_encoder_weight_decay_decays_the_encoder_alone():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(before)
     with pytest.raises(ValueError, match="encoder_weight_decay"):
         config.replace({"optim.weight_decay": 1e-4})
+
+
+@pytest.mark.parametrize("recipe", ["cryodrgn", "sleep-4v-pv-ewd1"])
+def test_fused_adam_takes_the_default_adams_steps(recipe):
+    """``optim.fused_adam`` builds torch's fused kernel (Adam, or AdamW with the encoder's
+    decay) and its steps match the default multi-tensor Adam's to rounding; off by default."""
+    import torch
+
+    from cryonoo.train.build import base_model, build_model, build_optimizer
+
+    base = get_recipe(recipe).replace(SMALL)
+    assert base.optim.fused_adam is False
+    generator = torch.Generator().manual_seed(0)
+    grads = None
+    steps = {}
+    for fused in (False, True):
+        config = base.replace({"optim.fused_adam": fused})
+        torch.manual_seed(0)
+        model = build_model(config, 17, noise_sigma=0.5, n_images=8)
+        optimizer = build_optimizer(config, model, base_model(model))
+        assert all(bool(g.get("fused")) is fused for g in optimizer.param_groups)
+        initial = [p.detach().clone() for p in model.parameters()]
+        if grads is None:
+            grads = [
+                [torch.randn(p.shape, generator=generator) for p in model.parameters()]
+                for _ in range(3)
+            ]
+        for step_grads in grads:
+            for p, g in zip(model.parameters(), step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        steps[fused] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(steps[False], steps[True], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    moved = max((a - b).abs().max().item() for a, b in zip(steps[True], initial, strict=True))
+    assert moved > 1e-5  # the steps did move the weights (lr 1e-4, three steps)
