@@ -9,6 +9,11 @@ encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image l
   VAE's encoder mask); it is point symmetric, so translations act on it.
 * ``_prepare`` translates observed images by ``+trans`` pixels and evaluates the CTF on the work
   set; ``_decode`` evaluates the decoder at ``coords[loss mask] @ R`` times the CTF.
+* Memory: with ``decoder_chunk = n`` a decoding that needs gradients runs ``n`` images at a
+  time and keeps none of the decoder's activations; the backward pass recomputes them chunk by
+  chunk (:func:`torch.utils.checkpoint.checkpoint`). The decoder's working memory is then that
+  of ``n`` images whatever the batch, for one more decoder forward pass per step; the values
+  and gradients are those of the whole batch at once, to rounding.
 * Geometry (coordinates, masks, rotations, CTF, phases) runs in float32 with autocast disabled.
 * Test-time fitting of latents (:meth:`LatticeModel.refine_latents`, :mod:`cryonoo.models.refine`)
   is shared: each model supplies only its per-image :meth:`~LatticeModel.latent_prior`.
@@ -20,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from cryonoo.models import refine
 from cryonoo.models.decoders import DECODERS
@@ -63,6 +69,9 @@ class LatticeModel(nn.Module):
         self._buffer("_loss_idx", loss_mask.nonzero()[:, 0])
         self._buffer("_coords2", coords[loss_mask, :2])  # (Npix, 2); z = 0 on the lattice
         self.check_finite = True  # one device sync per step to name a non-finite term
+        #: images per recomputed decoder chunk when gradients are needed (None: one pass that
+        #: keeps every activation for the backward pass); see the module docstring
+        self.decoder_chunk: int | None = None
 
     def _buffer(self, name: str, value: Tensor) -> None:
         self.register_buffer(name, value, persistent=False)
@@ -140,8 +149,21 @@ class LatticeModel(nn.Module):
         self, z: Tensor, rot: Tensor, c: Tensor | None, coords2: Tensor | None = None
     ) -> Tensor:
         """``(B, N)`` CTF-modulated decoded values at the loss-mask points (or ``coords2``)."""
-        pred = self.decoder(self._slice_coords(rot, coords2), z, validate=False).float()
+        chunk = self.decoder_chunk
+        if chunk is None or z.shape[0] <= chunk or not torch.is_grad_enabled():
+            pred = self._decode_values(z, rot, coords2)
+        else:  # keep only each chunk's output; the backward pass recomputes its activations
+            pred = torch.cat(
+                [
+                    checkpoint(self._decode_values, zc, rc, coords2, use_reentrant=False)
+                    for zc, rc in zip(z.split(chunk), rot.split(chunk), strict=True)
+                ]
+            )
         return pred if c is None else pred * c
+
+    def _decode_values(self, z: Tensor, rot: Tensor, coords2: Tensor | None) -> Tensor:
+        """``(B, N)`` float32 decoded values (no CTF) at the central slices at ``rot``."""
+        return self.decoder(self._slice_coords(rot, coords2), z, validate=False).float()
 
     def _band_positions(self, band: float) -> Tensor:
         """Positions among the loss-mask points with ``|k| ≤ band`` cycles/pixel (a disk: still

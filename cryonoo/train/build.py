@@ -273,6 +273,7 @@ def build_training(config: TrainConfig, dataset: ParticleDataset, plan: RunPlan)
     ).to(dev)
     vae = base_model(model)
     vae.check_finite = False  # the loop checks, where the particle indices are known
+    vae.decoder_chunk = config.optim.decoder_chunk
     cryodrgn_weights = plan.recorded_cryodrgn_weights
     if plan.cryodrgn_run is not None:
         cryodrgn_weights = load_cryodrgn_weights(vae, plan.cryodrgn_run, dataset)

@@ -158,6 +158,9 @@ class OptimConfig(_Section):
     #: Adam's fused kernel (one pass over the parameters; faster, results differ in the last
     #: digits from the default multi-tensor Adam, so every recipe keeps it off)
     fused_adam: bool = False
+    #: images per decoder chunk whose activations the backward pass recomputes instead of
+    #: keeping (None: keep them all): memory for one more decoder forward pass per step
+    decoder_chunk: int | None = None
     seed: int = 0
 
     def _checks(self) -> dict[str, bool]:
@@ -169,6 +172,8 @@ class OptimConfig(_Section):
             "plateau_on": self.plateau_on in ("model", "total"),
             "encoder_weight_decay": self.encoder_weight_decay >= 0
             and not (self.encoder_weight_decay > 0 and self.weight_decay > 0),
+            "decoder_chunk": self.decoder_chunk is None
+            or (not isinstance(self.decoder_chunk, bool) and self.decoder_chunk >= 1),
         }
 
 

@@ -314,3 +314,35 @@ def test_fourier_volume_pairs_points_and_matches_every_point_evaluation() -> Non
     in_plane = int(((kx**2 + ky**2).float() / (D - 1) ** 2 <= 0.25).sum())
     # the kz = 0 plane: half + DC through forward; off the plane: one evaluation per pair
     assert sum(rows) == (in_plane + 1) // 2 + (in_sphere - in_plane) // 2
+
+
+# ----------------------------------------------------------------------------- memory
+def _step_and_saved_bytes(m: HetVAE, b: Batch) -> tuple[Tensor, list[Tensor], int]:
+    saved = [0]
+
+    def pack(t: Tensor) -> Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    m.zero_grad()
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = m.training_step(b).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in m.parameters()], saved[0]
+
+
+def test_decoder_chunk_recompute_same_loss_and_gradients_less_saved() -> None:
+    m, b = _small(dec_dim=64, dec_layers=2), _batch(B=8)
+    loss_full, grads_full, bytes_full = _step_and_saved_bytes(m, b)
+    m.decoder_chunk = 3
+    loss_chunk, grads_chunk, bytes_chunk = _step_and_saved_bytes(m, b)
+    torch.testing.assert_close(loss_chunk, loss_full)
+    for g_chunk, g_full in zip(grads_chunk, grads_full, strict=True):
+        torch.testing.assert_close(g_chunk, g_full, rtol=1e-4, atol=1e-6)
+    assert bytes_chunk < 0.7 * bytes_full
+    with torch.no_grad():
+        z = torch.randn(8, 2)
+        chunked = m.render(z, b.rot, b.ctf)
+        m.decoder_chunk = None
+        torch.testing.assert_close(chunked, m.render(z, b.rot, b.ctf))

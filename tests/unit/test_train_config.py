@@ -141,6 +141,7 @@ def _with_later_settings(flat: dict) -> dict:
     for key, value in flat.items():
         if key == "seed":
             out["fused_adam"] = False  # optim.fused_adam, before optim.seed
+            out["decoder_chunk"] = None  # optim.decoder_chunk, before optim.seed
         out[key] = value
     return out
 
@@ -206,3 +207,10 @@ def test_flat_names_and_architecture_fields():
     assert config.model_fields()["model"] == "vae" and config.model_fields()["ssl"] == "vicreg"
     assert config.replace({"ssl.head": "32"}).model_fields()["head"] == "32"
     assert config.replace({"optim.lr": 1.0}).model_fields() == config.model_fields()
+
+
+@pytest.mark.parametrize("bad", [0, -2, True])
+def test_decoder_chunk_must_be_none_or_a_positive_int(bad):
+    with pytest.raises((ValueError, TypeError), match="decoder_chunk"):
+        TrainConfig().replace({"optim.decoder_chunk": bad})
+    assert TrainConfig().replace({"optim.decoder_chunk": 16}).optim.decoder_chunk == 16
