@@ -17,6 +17,11 @@ fixed cost (weights, Adam state, the interpreter); the fixed part is reported as
 Example (the D = 128 row of ``docs/benchmarks.md``)::
 
     OMP_NUM_THREADS=1 python benchmarks/memory.py -o /tmp/mem --box 128 --dim 256 --stack-gb 2
+
+Training only, default 3 × 1024 networks, chunked decoding (``--set`` takes any setting)::
+
+    python benchmarks/memory.py -o /tmp/mem --box 128 --dim 1024 --batches 8,64 --threads 2 \\
+        --precision fp32 --recipes cryodrgn --steps 2 --train-only --set optim.decoder_chunk=8
 """
 
 from __future__ import annotations
@@ -71,14 +76,20 @@ if cuda:
 reset_peak()
 before = measure()
 ssl = hasattr(model, "set_epoch")
-for step in range(3):
+import time
+times = []
+for step in range(int(sys.argv[5])):
+    t0 = time.perf_counter()
     batch = first if step == 0 else next(batches).to(dev)
     with prec.autocast():
         out = model.training_step(batch, gen) if ssl else model.training_step(batch)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     opt.step()
-print(json.dumps({"before": before, "peak": measure()}))
+    if cuda:
+        torch.cuda.synchronize()
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"before": before, "peak": measure(), "step_s": min(times[1:] or times)}))
 """
 )
 
@@ -157,6 +168,7 @@ def main() -> None:
     from cryonoo.data.simulate import SimulationConfig, simulate_phantom
     from cryonoo.io.dataset import open_dataset
     from cryonoo.io.dataset_dir import load_dataset_dir
+    from cryonoo.train.config_file import apply_overrides
     from cryonoo.train.recipes import get_recipe
     from cryonoo.train.trainer import train
 
@@ -170,6 +182,17 @@ def main() -> None:
     p.add_argument("--stack-gb", type=float, default=2.0, help="size of the streamed stack")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per training case")
+    p.add_argument("--recipes", default="cryodrgn,cryonoo", help="comma-separated recipes")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training setting for every case, e.g. optim.decoder_chunk=8 (repeatable)",
+    )
+    p.add_argument("--train-only", action="store_true", help="skip the encode and streaming passes")
     args = p.parse_args()
     b_lo, b_hi = sorted(int(b) for b in args.batches.split(","))
     e_lo, e_hi = sorted(int(b) for b in args.encode_batches.split(","))
@@ -183,11 +206,12 @@ def main() -> None:
         simulate_phantom(data_dir, PHANTOMS.build("igg-1d", n_conformations=20), sim)
     results: dict = {"settings": vars(args) | {"outdir": str(out)}, "train": {}}
 
-    for name in ("cryodrgn", "cryonoo"):
+    for name in [x.strip() for x in args.recipes.split(",") if x.strip()]:
         for precision in [x.strip() for x in args.precision.split(",") if x.strip()]:
             config = get_recipe(name).replace(
                 {"model.enc_dim": args.dim, "model.dec_dim": args.dim, "optim.precision": precision}
             )
+            config = apply_overrides(config, args.overrides)
             peaks = [
                 child(
                     _CHILD_TRAIN,
@@ -195,11 +219,17 @@ def main() -> None:
                     json.dumps(config.replace({"optim.batch_size": b}).to_dict()),
                     args.device,
                     args.threads,
+                    args.steps,
                     threads=args.threads,
                 )
                 for b in (b_lo, b_hi)
             ]
-            results["train"][f"{name}/{precision}"] = slope(*peaks, b_lo, b_hi)
+            results["train"][f"{name}/{precision}"] = slope(*peaks, b_lo, b_hi) | {
+                "step_s": {b_lo: peaks[0]["step_s"], b_hi: peaks[1]["step_s"]}
+            }
+    if args.train_only:
+        finish(results, out, t_start)
+        return
 
     # a trained run to encode with (one short epoch; memory does not depend on the weights)
     run_dir = out / "run"
@@ -232,6 +262,11 @@ def main() -> None:
         "loader_growth_mb": (loader["peak"] - loader["before"]) / 2**20,
         "loader_anon_growth_mb": (loader["anon"] - loader["anon_before"]) / 2**20,
     }
+    finish(results, out, t_start)
+
+
+def finish(results: dict, out: Path, t_start: float) -> None:
+    """Write ``memory.json`` and print its tables."""
     results["wall_s"] = time.perf_counter() - t_start
     (out / "memory.json").write_text(json.dumps(results, indent=2))
     print(format_table(results))
@@ -240,16 +275,24 @@ def main() -> None:
 def format_table(r: dict) -> str:
     """Markdown tables of ``memory.json``."""
     unit = "GPU memory" if r["settings"]["device"].startswith("cuda") else "peak RSS"
+    sets = ", ".join(r["settings"].get("overrides", [])) or "recipe defaults"
     lines = [
-        f"box {r['settings']['box']}, widths {r['settings']['dim']}; {unit}",
+        f"box {r['settings']['box']}, widths {r['settings']['dim']}; {unit}; {sets}",
         "",
-        "| work | per image (MB) | fixed (MB) |",
-        "| --- | --- | --- |",
+        "| work | per image (MB) | fixed (MB) | peak (MB) per batch | step (s) per batch |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for key, s in r["train"].items():
-        lines.append(f"| training step, {key} | {s['per_image_mb']:.2f} | {s['fixed_mb']:.0f} |")
+        peaks = ", ".join(f"{b}: {mb:,.0f}" for b, mb in s["peak_mb"].items())
+        steps = ", ".join(f"{b}: {t:.2f}" for b, t in s["step_s"].items())
+        lines.append(
+            f"| training step, {key} | {s['per_image_mb']:.2f} | {s['fixed_mb']:.0f} "
+            f"| {peaks} | {steps} |"
+        )
+    if "encode" not in r:
+        return "\n".join(lines)
     e = r["encode"]
-    lines.append(f"| `cryonoo encode` | {e['per_image_mb']:.3f} | {e['fixed_mb']:.0f} |")
+    lines.append(f"| `cryonoo encode` | {e['per_image_mb']:.3f} | {e['fixed_mb']:.0f} | | |")
     s = r["stream"]
     lines += [
         "",

@@ -96,6 +96,12 @@ def build_model(
         beta=config.model.beta,
         seed=config.optim.seed,
     )
+    if hasattr(vae, "decoder_chunk"):
+        vae.decoder_chunk = config.optim.decoder_chunk
+    elif config.optim.decoder_chunk is not None:
+        raise ValueError(
+            f"optim.decoder_chunk: the {config.model.kind!r} model does not decode in chunks"
+        )
     if not config.uses_ssl:
         return vae
     if not has_encoder(vae):
@@ -273,7 +279,6 @@ def build_training(config: TrainConfig, dataset: ParticleDataset, plan: RunPlan)
     ).to(dev)
     vae = base_model(model)
     vae.check_finite = False  # the loop checks, where the particle indices are known
-    vae.decoder_chunk = config.optim.decoder_chunk
     cryodrgn_weights = plan.recorded_cryodrgn_weights
     if plan.cryodrgn_run is not None:
         cryodrgn_weights = load_cryodrgn_weights(vae, plan.cryodrgn_run, dataset)

@@ -382,3 +382,15 @@ def test_fused_adam_takes_the_default_adams_steps(recipe):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     moved = max((a - b).abs().max().item() for a, b in zip(steps[True], initial, strict=True))
     assert moved > 1e-5  # the steps did move the weights (lr 1e-4, three steps)
+
+
+@pytest.mark.parametrize("recipe", ["cryodrgn", "cryonoo"])
+def test_build_model_sets_the_decoder_chunk(recipe):
+    """``optim.decoder_chunk`` reaches the lattice model whoever builds it (the trainer or a
+    benchmark calling ``build_model``), plain or wrapped for self-distillation."""
+    from cryonoo.train.build import base_model, build_model
+
+    config = get_recipe(recipe).replace(SMALL)
+    assert base_model(build_model(config, 17, noise_sigma=0.5)).decoder_chunk is None
+    chunked = config.replace({"optim.decoder_chunk": 4})
+    assert base_model(build_model(chunked, 17, noise_sigma=0.5)).decoder_chunk == 4
