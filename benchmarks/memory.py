@@ -21,7 +21,7 @@ Example (the D = 128 row of ``docs/benchmarks.md``)::
 Training only, default 3 × 1024 networks, chunked decoding (``--set`` takes any setting)::
 
     python benchmarks/memory.py -o /tmp/mem --box 128 --dim 1024 --batches 8,64 --threads 2 \\
-        --precision fp32 --recipes cryodrgn --steps 2 --train-only --set optim.decoder_chunk=8
+        --precision fp32 --recipes cryodrgn --steps 2 --train-only --set optim.decoder_chunk=4
 """
 
 from __future__ import annotations

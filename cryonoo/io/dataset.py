@@ -42,7 +42,7 @@ from cryonoo.io.mrc import ParticleFileError
 from cryonoo.io.prefetch import prefetched
 from cryonoo.io.stack import ImageSource, Subset, check_finite, open_images
 from cryonoo.physics.ctf import ctf_params_for_box
-from cryonoo.physics.fft import ht2_center, symmetrize_ht
+from cryonoo.physics.fft import ht2_center, ht2_center_symmetrized, symmetrize_ht
 from cryonoo.physics.masks import soft_circular_window
 from cryonoo.types import Batch
 
@@ -71,13 +71,15 @@ class Preprocessing:
 def preprocess_images(
     images: Tensor, *, window: Tensor | None, invert: bool, norm_std: float
 ) -> Tensor:
-    """``(B, n, n)`` real images → ``(B, n+1, n+1)`` normalized symmetrized Hartley images."""
+    """``(B, n, n)`` real images → ``(B, n+1, n+1)`` normalized symmetrized Hartley images.
+
+    ``symmetrize_ht(ht2_center(±window · images)) / norm_std``, computed from one real FFT with
+    the sign and the normalization folded into its gather (:func:`ht2_center_symmetrized`).
+    """
     x = images.float()
     if window is not None:
         x = x * window
-    if invert:
-        x = -x
-    return symmetrize_ht(ht2_center(x)) / norm_std
+    return ht2_center_symmetrized(x, (-1.0 if invert else 1.0) / norm_std)
 
 
 def estimate_norm_std(source: ImageSource, invert: bool = True, n_images: int = 1000) -> float:
@@ -191,9 +193,12 @@ class ParticleDataset(torch.utils.data.Dataset):
 
     def _load(self, particle_ids: np.ndarray) -> Tensor:
         raw = _as_tensor(self.source.images(particle_ids))
-        finite = torch.isfinite(raw).flatten(1).all(1)
-        if not bool(finite.all()):
-            bad = np.asarray(particle_ids)[~finite.numpy()].tolist()
+        # a NaN/Inf pixel makes its image's sum non-finite: one reduction instead of a mask
+        rows = torch.nonzero(~torch.isfinite(raw.sum(dim=(-2, -1)))).flatten()
+        if len(rows):  # an overflowing sum of finite pixels is no error
+            rows = rows[~torch.isfinite(raw[rows]).flatten(1).all(1)]
+        if len(rows):
+            bad = np.asarray(particle_ids)[rows.numpy()].tolist()
             raise ParticleFileError(
                 f"particles {bad[:20]}{' …' if len(bad) > 20 else ''} contain NaN/Inf pixels; "
                 "exclude them with --drop-bad (or an --ind file without them)"

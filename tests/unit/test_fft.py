@@ -7,6 +7,7 @@ from cryonoo.physics.fft import (
     fft3_center,
     fourier_crop,
     ht2_center,
+    ht2_center_symmetrized,
     ht3_center,
     ifft2_center,
     ifft3_center,
@@ -118,3 +119,25 @@ def test_fourier_crop_keeps_band_limited_signal():
     assert torch.allclose(fourier_crop(x, n), x)
     with pytest.raises(ValueError, match="new_box"):
         fourier_crop(x, 15)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 16])
+@pytest.mark.parametrize("scale", [1.0, -0.37])
+def test_symmetrized_ht_from_one_real_fft(n, scale):
+    x = torch.randn(2, 3, n, n, dtype=torch.float64)
+    got = ht2_center_symmetrized(x, scale)
+    assert got.shape == (2, 3, n + 1, n + 1) and got.dtype == torch.float64
+    assert torch.allclose(got, scale * symmetrize_ht(ht2_center(x)), atol=1e-12)
+
+
+def test_symmetrized_ht_float32_and_half():
+    x = torch.randn(5, 32, 32)
+    ref = symmetrize_ht(ht2_center(x))
+    assert torch.allclose(ht2_center_symmetrized(x), ref, atol=1e-4)
+    assert ht2_center_symmetrized(x.half()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5), (4, 8, 6)])
+def test_symmetrized_ht_needs_even_square(shape):
+    with pytest.raises(ValueError, match="n even"):
+        ht2_center_symmetrized(torch.zeros(shape))
