@@ -146,8 +146,9 @@ class HetVAE(LatticeModel):
     def _encode_prepared(
         self, y: Tensor, c: Tensor | None, rot: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        x = y if c is None else y * torch.sign(c)
-        x = x.index_select(1, self._enc_pos)
+        x = y if c is None else torch.sign(c).mul_(y)
+        if self._enc_pos.numel() != x.shape[1]:  # else the encoder sees the whole work set
+            x = x.index_select(1, self._enc_pos)
         if self.input_kind == "image":
             x = x.new_zeros(x.shape[0], self.D * self.D).index_copy(1, self._enc_idx, x)
             x = x.reshape(-1, self.D, self.D)

@@ -238,7 +238,8 @@ def _ctf_shared_freqs(freqs_cpx: Tensor, params: Tensor) -> Tensor:
     per-particle coefficients that absorb the pixel size, defocus, astigmatism and Cs:
 
     ``γ = c0·s² + c1·(x² − y²) + c2·2xy + c3·s⁴ − phase``, so the CTF costs one ``(B, 4) @ (4, N)``
-    product and a sine and cosine per value instead of a dozen elementwise passes.
+    product and one sine per value (the amplitude contrast folded into the phase offset)
+    instead of a dozen elementwise passes.
     """
     dtype = torch.promote_types(freqs_cpx.dtype, params.dtype)
     f = freqs_cpx.to(dtype)
@@ -260,8 +261,9 @@ def _ctf_shared_freqs(freqs_cpx: Tensor, params: Tensor) -> Tensor:
         ],
         dim=-1,
     )  # (B, 4)
-    gamma = coeffs @ feats - torch.deg2rad(phase)[:, None]
-    return torch.sqrt(1 - w * w)[:, None] * torch.sin(gamma) - w[:, None] * torch.cos(gamma)
+    # √(1 − w²)·sin γ − w·cos γ = sin(γ − asin w): one sine per value, computed in place
+    offset = torch.deg2rad(phase) + torch.asin(w)
+    return torch.addmm(-offset[:, None], coeffs, feats).sin_()
 
 
 def ctf_params_for_box(ctf_pkl_array: np.ndarray | Tensor, box: int) -> Tensor:

@@ -185,5 +185,10 @@ def shift_ht_points(
     values = values.to(dtype)
     freqs = freqs_cpx.to(device=values.device, dtype=dtype)
     shift_px = shift_px.to(device=values.device, dtype=dtype)
-    phase = 2 * math.pi * (shift_px @ freqs.T)
-    return torch.cos(phase) * values + torch.sin(phase) * values.flip(-1)
+    phase = shift_px @ (2 * math.pi * freqs).T  # 2π folded into the (N, 2) frequencies
+    grad = torch.is_grad_enabled() and (values.requires_grad or shift_px.requires_grad)
+    if grad or phase.shape != values.shape:
+        return torch.cos(phase) * values + torch.sin(phase) * values.flip(-1)
+    # the same products and sum, in place: two fewer (B, N) allocations
+    cos = torch.cos(phase).mul_(values)
+    return cos.add_(phase.sin_().mul_(values.flip(-1)))
