@@ -74,12 +74,10 @@ def preprocess_images(
     """``(B, n, n)`` real images → ``(B, n+1, n+1)`` normalized symmetrized Hartley images.
 
     ``symmetrize_ht(ht2_center(±window · images)) / norm_std``, computed from one real FFT with
-    the sign and the normalization folded into its gather (:func:`ht2_center_symmetrized`).
+    the float32 conversion, the window, the sign and the normalization in one pass before it
+    (:func:`ht2_center_symmetrized`).
     """
-    x = images.float()
-    if window is not None:
-        x = x * window
-    return ht2_center_symmetrized(x, (-1.0 if invert else 1.0) / norm_std)
+    return ht2_center_symmetrized(images, (-1.0 if invert else 1.0) / norm_std, window)
 
 
 def estimate_norm_std(source: ImageSource, invert: bool = True, n_images: int = 1000) -> float:

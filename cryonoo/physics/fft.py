@@ -88,16 +88,20 @@ def ht2_center(x: Tensor) -> Tensor:
     return f.real - f.imag
 
 
-def ht2_center_symmetrized(x: Tensor, scale: float = 1.0) -> Tensor:
-    """``(…, n, n)`` real, n even → ``(…, n+1, n+1)``: ``scale · symmetrize_ht(ht2_center(x))``.
+def ht2_center_symmetrized(x: Tensor, scale: float = 1.0, window: Tensor | None = None) -> Tensor:
+    """``(…, n, n)`` real, n even → ``(…, n+1, n+1)``:
+    ``scale · symmetrize_ht(ht2_center(window · x))`` (no window: ``window = 1``).
 
-    The same values from one real FFT: ``rfft2`` holds the frequencies ``kx ≥ 0``, the others
-    follow from Hermitian symmetry (``F(−k) = conj F(k)``, so their Hartley value is
-    ``Re + Im``); the input's ``fftshift`` is the sign ``(−1)^(ky+kx)`` of the output (n even),
-    which is the same at ``k`` and ``−k``. So the half plane is turned into its two Hartley
-    planes ``±(Re ∓ Im)·scale`` and one gather places every point, including the output's
-    ``fftshift`` and the repeated Nyquist row and column. Several times faster on a CPU than
-    the composition; equal to it up to float rounding.
+    The same values from one real FFT. One pass converts ``x`` to float32 (float64 stays),
+    multiplies it by ``scale · window`` and applies the input's ``fftshift`` (a swap of
+    quadrants, written straight into the FFT's input). ``rfft2`` holds the frequencies
+    ``kx ≥ 0``; the others follow from Hermitian symmetry (``F(−k) = conj F(k)``, so their
+    Hartley value is ``Re + Im``). So the half plane is turned into its two Hartley planes
+    ``Re ∓ Im`` and one gather places every point, including the output's ``fftshift`` and the
+    repeated Nyquist row and column. Several times faster on a CPU than the composition; equal
+    to it up to float rounding.
+
+    ``window``: ``(n, n)`` real (e.g. :func:`cryonoo.physics.masks.soft_circular_window`).
     """
     _check_ndim(x, 2, "x")
     n = x.shape[-1]
@@ -105,21 +109,37 @@ def ht2_center_symmetrized(x: Tensor, scale: float = 1.0) -> Tensor:
         raise ValueError(f"x must be (…, n, n) with n even, got {tuple(x.shape)}")
     if x.is_complex():
         raise TypeError("x must be real")
-    spectrum = torch.fft.rfft2(_as_float(x))  # (…, n, n/2+1)
-    index, sign = _symmetrized_gather(n, x.device)
-    weight = sign.to(x.dtype if x.dtype == torch.float64 else torch.float32) * scale
-    planes = torch.stack(
-        [spectrum.real - spectrum.imag, spectrum.real + spectrum.imag], dim=-3
-    )  # (…, 2, n, n/2+1)
-    planes.mul_(weight)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if window is not None and tuple(window.shape) != (n, n):
+        raise ValueError(f"window must be ({n}, {n}) like the images, got {tuple(window.shape)}")
+    factor = scale if window is None else window.to(device=x.device, dtype=dtype) * scale
+    spectrum = torch.fft.rfft2(_scaled_fftshift(x, factor, dtype))  # (…, n, n/2+1)
+    parts = torch.view_as_real(spectrum)
+    planes = parts.new_empty((*spectrum.shape[:-2], 2, n, n // 2 + 1))
+    torch.sub(parts[..., 0], parts[..., 1], out=planes[..., 0, :, :])
+    torch.add(parts[..., 0], parts[..., 1], out=planes[..., 1, :, :])
+    index = _symmetrized_gather(n, x.device)
     return planes.flatten(-3).index_select(-1, index).unflatten(-1, (n + 1, n + 1))
 
 
+def _scaled_fftshift(x: Tensor, factor: float | Tensor, dtype: torch.dtype) -> Tensor:
+    """``fftshift(x · factor)`` over the last two axes (n even) in ``dtype``, in one pass: each
+    quadrant is multiplied into its swapped place. ``factor``: a scalar or ``(n, n)``."""
+    n, h = x.shape[-1], x.shape[-1] // 2
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    halves = ((slice(0, h), slice(h, n)), (slice(h, n), slice(0, h)))  # (source, destination)
+    for rows, rows_to in halves:
+        for cols, cols_to in halves:
+            f = factor if isinstance(factor, float | int) else factor[rows, cols]
+            torch.mul(x[..., rows, cols], f, out=out[..., rows_to, cols_to])
+    return out
+
+
 @lru_cache(maxsize=16)
-def _symmetrized_gather(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _symmetrized_gather(n: int, device: torch.device) -> Tensor:
     """Indices ``((n+1)²,)`` into the flattened ``(2, n, n/2+1)`` Hartley planes of
     :func:`ht2_center_symmetrized` (plane 0: ``Re − Im`` at ``k``; plane 1: ``Re + Im`` at
-    ``−k``) and the planes' sign ``(−1)^(row+col)`` ``(n, n/2+1)``, float64."""
+    ``−k``)."""
     half = n // 2 + 1
     k = torch.arange(n + 1, dtype=torch.int64) - n // 2  # frequencies −n/2 … n/2
     ky, kx = torch.meshgrid(k, k, indexing="ij")
@@ -127,9 +147,7 @@ def _symmetrized_gather(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     row = torch.where(direct, torch.remainder(ky, n), torch.remainder(-ky, n))
     col = torch.where(direct, torch.remainder(kx, n), torch.remainder(-kx, n))
     index = (torch.where(direct, 0, n * half) + row * half + col).flatten()
-    r, c = torch.meshgrid(torch.arange(n), torch.arange(half), indexing="ij")
-    sign = 1.0 - 2.0 * torch.remainder(r + c, 2).double()
-    return index.to(device), sign.to(device)
+    return index.to(device)
 
 
 def iht2_center(h: Tensor) -> Tensor:

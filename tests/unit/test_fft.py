@@ -137,6 +137,19 @@ def test_symmetrized_ht_float32_and_half():
     assert ht2_center_symmetrized(x.half()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("n", [4, 16])
+def test_symmetrized_ht_with_window_equals_windowed_input(n):
+    x = torch.randn(3, n, n, dtype=torch.float64)
+    window = torch.rand(n, n, dtype=torch.float64)
+    got = ht2_center_symmetrized(x, -0.5, window)
+    assert torch.allclose(got, -0.5 * symmetrize_ht(ht2_center(x * window)), atol=1e-12)
+    half = ht2_center_symmetrized(x.half(), 2.0, window.float())
+    ref = 2.0 * symmetrize_ht(ht2_center(x.half().double() * window.float().double()))
+    assert half.dtype == torch.float32 and torch.allclose(half.double(), ref, atol=1e-4)
+    with pytest.raises(ValueError, match="window"):
+        ht2_center_symmetrized(x, 1.0, window[:-1])
+
+
 @pytest.mark.parametrize("shape", [(4, 5, 5), (4, 8, 6)])
 def test_symmetrized_ht_needs_even_square(shape):
     with pytest.raises(ValueError, match="n even"):
