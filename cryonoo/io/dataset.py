@@ -37,7 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 
 from cryonoo.io.cryodrgn import load_ctf_pkl, load_indices, load_poses
 from cryonoo.io.dataset_dir import is_dataset_dir, load_dataset_dir
-from cryonoo.io.heap import stream_heap
+from cryonoo.io.heap import pipeline_heap, trim_heap
 from cryonoo.io.mrc import ParticleFileError
 from cryonoo.io.prefetch import prefetched
 from cryonoo.io.stack import ImageSource, Subset, check_finite, open_images
@@ -247,7 +247,11 @@ def _check_indices(indices: Sequence[int] | np.ndarray | None, n_total: int) -> 
 
 
 def _check_array(value: Tensor | np.ndarray, shape: tuple[int, ...], what: str, n: int) -> Tensor:
-    t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+    if not isinstance(value, Tensor):
+        value = np.asarray(value)
+        if not value.flags.writeable:  # e.g. a read-only map: torch would warn and share it
+            value = value.copy()
+    t = torch.as_tensor(value)
     if t.shape[0] != n:
         raise ValueError(
             f"count mismatch: the stack has {n} particles but the {what} have {t.shape[0]} rows"
@@ -277,14 +281,13 @@ def make_loader(
     ``pin_memory`` defaults to ``torch.cuda.is_available()``. With ``shuffle`` the order is drawn
     from ``generator`` (seed it for reproducible epochs). ``shard`` wraps the batch sampler
     (e.g. :class:`cryonoo.train.distributed.ShardedBatchSampler` for data-parallel training).
-    A lazy dataset is streamed, so the process's heap is kept from growing with the number of
-    batches (:func:`cryonoo.io.heap.stream_heap`; training switches to
-    :func:`~cryonoo.io.heap.reuse_heap` for its epochs).
+    A lazy dataset is streamed: its batches' buffers are served from one reused heap
+    (:func:`cryonoo.io.heap.pipeline_heap`; training keeps it for its epochs).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     if dataset.lazy:
-        stream_heap()
+        pipeline_heap()
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches: Sampler[list[int]] = BatchSampler(sampler, batch_size, drop_last=drop_last)
     if shard is not None:
@@ -301,12 +304,26 @@ def make_loader(
     )
 
 
+#: batches between two returns of the heap's free pages in :func:`in_order`
+TRIM_EVERY = 16
+
+
 def in_order(dataset: ParticleDataset, batch_size: int, *, prefetch: int = 2) -> Iterator[Batch]:
     """Every particle of ``dataset`` in dataset order, in :class:`Batch` es of ``batch_size``
     (on the CPU), the next ``prefetch`` of them read and preprocessed on a background thread
     while the caller works on the current one (:func:`cryonoo.io.prefetch.prefetched`; ``0``:
-    in turn). What every inference pass over a dataset iterates."""
-    return prefetched(make_loader(dataset, batch_size, shuffle=False, pin_memory=False), prefetch)
+    in turn). What every inference pass over a dataset iterates.
+
+    The batches' buffers come from one reused heap (:func:`cryonoo.io.heap.pipeline_heap`: no
+    page faults per batch) whose free pages are returned every :data:`TRIM_EVERY` batches
+    (:func:`~cryonoo.io.heap.trim_heap`), so the memory stays bounded whatever the stack size.
+    """
+    pipeline_heap()
+    loader = make_loader(dataset, batch_size, shuffle=False, pin_memory=False)
+    for i, batch in enumerate(prefetched(loader, prefetch), start=1):
+        if i % TRIM_EVERY == 0:
+            trim_heap()
+        yield batch
 
 
 def _ctf_params(ctf9: np.ndarray, box: int, source_path: object, rescale: bool) -> Tensor:

@@ -102,6 +102,23 @@ def test_count_mismatch_and_bad_values(stack, poses):
         ds[[40]]
 
 
+def test_read_only_arrays_are_copied_without_a_warning(stack, poses):
+    """Poses and CTF from a read-only map (e.g. ``np.load(mmap_mode="r")``) are accepted
+    silently and the caller's array is never aliased."""
+    import warnings
+
+    source, _ = stack
+    rots, trans, ctf = (t.numpy().copy() for t in poses)
+    for a in (rots, trans, ctf):
+        a.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = ParticleDataset(source, rots, trans, ctf, norm_std=1.0)
+    assert torch.equal(ds.rots, torch.from_numpy(rots.copy()))
+    assert torch.equal(ds.ctf, torch.from_numpy(ctf.copy()))
+    assert ds.rots.data_ptr() != rots.ctypes.data
+
+
 def test_loader_is_seeded_and_complete(stack, poses):
     source, _ = stack
     ds = ParticleDataset(source, poses[0], norm_std=1.0, lazy=False)

@@ -130,6 +130,24 @@ def test_decoder_entries_forward_backward(name: str, pe_type: str) -> None:
     assert DECODERS.describe(name)
 
 
+@pytest.mark.parametrize("name", DECODERS.names())
+def test_split_first_layer_equals_the_concatenated_input(name: str) -> None:
+    """The first layer applied as ``PE(k) W_peᵀ + (z W_zᵀ + b)`` gives the values and the
+    gradients of the network on the concatenated ``[PE(k), z]`` (float rounding only)."""
+    dec = _small_decoder(name=name)
+    coords = lattice_coords(17)[circular_mask(17)] @ random_rotations(3, generator=_gen(4))
+    z = torch.randn(3, 2, generator=_gen(5), requires_grad=True)
+    feats = dec.pe(coords)
+    cat = torch.cat([feats, z[:, None, :].expand(*coords.shape[:-1], 2)], dim=-1)
+    ref = dec.mlp(cat)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [z, *dec.mlp.parameters()])
+    out = dec._net(coords, z)
+    grads = torch.autograd.grad(out.square().sum(), [z, *dec.mlp.parameters()])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
 def test_half_lattice_equals_full_evaluation() -> None:
     dec = _small_decoder()
     for with_dc in (False, True):

@@ -302,7 +302,9 @@ def test_fourier_volume_pairs_points_and_matches_every_point_evaluation() -> Non
     dec = FourierDecoder(D, zdim=2, layers=1, dim=16, pe_dim=4)
     z = torch.randn(2)
     rows = []
-    hook = dec.mlp.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[-2]))
+    hook = dec.mlp.main[-1].register_forward_hook(
+        lambda _m, args, _o: rows.append(args[0].shape[-2])
+    )
     paired = dec.volume(z)
     hook.remove()
     dec._fill_off_plane = _ImplicitDecoder._fill_off_plane.__get__(dec)  # every point evaluated
