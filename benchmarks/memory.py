@@ -168,7 +168,7 @@ def main() -> None:
     from cryonoo.data.simulate import SimulationConfig, simulate_phantom
     from cryonoo.io.dataset import open_dataset
     from cryonoo.io.dataset_dir import load_dataset_dir
-    from cryonoo.train.config_file import apply_overrides
+    from cryonoo.train.config_file import add_set_argument, apply_overrides
     from cryonoo.train.recipes import get_recipe
     from cryonoo.train.trainer import train
 
@@ -184,13 +184,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per training case")
     p.add_argument("--recipes", default="cryodrgn,cryonoo", help="comma-separated recipes")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a training setting for every case, e.g. optim.decoder_chunk=8 (repeatable)",
+    add_set_argument(
+        p, "a training setting for every case, e.g. optim.decoder_chunk=8 (repeatable)"
     )
     p.add_argument("--train-only", action="store_true", help="skip the encode and streaming passes")
     args = p.parse_args()

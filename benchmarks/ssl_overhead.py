@@ -28,7 +28,7 @@ from cryonoo.data.phantoms import PHANTOMS
 from cryonoo.data.simulate import SimulationConfig, simulate_phantom
 from cryonoo.io.dataset import make_loader, open_dataset
 from cryonoo.train.build import build_model
-from cryonoo.train.config_file import apply_overrides
+from cryonoo.train.config_file import add_set_argument, apply_overrides
 from cryonoo.train.plan import estimate_data_sigma
 from cryonoo.train.precision import resolve_precision
 from cryonoo.train.recipes import get_recipe
@@ -77,14 +77,7 @@ def main() -> None:
     p.add_argument(
         "--recipes", default="cryonoo", help="comma-separated recipes timed against cryodrgn"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a training setting for every recipe, cryodrgn included (repeatable)",
-    )
+    add_set_argument(p, "a training setting for every recipe, cryodrgn included (repeatable)")
     args = p.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip() and r.strip() != "cryodrgn"]
     if args.epochs < 2:

@@ -27,6 +27,7 @@ JSON for dictionaries).
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ from cryonoo.train.recipes import RECIPES, get_recipe
 __all__ = [
     "ALIASES",
     "SECTIONS",
+    "add_set_argument",
     "apply_overrides",
     "coerce",
     "config_from_mapping",
@@ -121,6 +123,14 @@ def load_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
         return config_from_mapping(data, base)
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """A repeatable ``--set KEY=VALUE`` option (into ``args.overrides``, a list of strings for
+    :func:`apply_overrides`) on an argparse ``parser``, as the benchmark scripts take it."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def apply_overrides(config: TrainConfig, overrides: Iterable[str]) -> TrainConfig:

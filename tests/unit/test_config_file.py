@@ -203,3 +203,18 @@ def test_particle_source_index_and_description(tmp_path):
         "ctf": None,
         "ind": "keep.pkl",
     }
+
+
+def test_add_set_argument_collects_overrides_for_apply_overrides():
+    import argparse
+
+    from cryonoo.train.config_file import add_set_argument, apply_overrides
+    from cryonoo.train.recipes import get_recipe
+
+    p = argparse.ArgumentParser()
+    add_set_argument(p, "a setting")
+    args = p.parse_args(["--set", "model.zdim=4", "--set", "optim.lr=0.01"])
+    assert args.overrides == ["model.zdim=4", "optim.lr=0.01"]
+    assert p.parse_args([]).overrides == []
+    config = apply_overrides(get_recipe("cryodrgn"), args.overrides)
+    assert config.model.zdim == 4 and config.optim.lr == 0.01
