@@ -27,7 +27,6 @@ Checkpoint mapping from cryoDRGN: ``decoder.decoder.*`` → ``decoder.mlp.*`` an
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cryonoo.models.encoders import ResidLinearMLP, check_int
@@ -92,20 +91,8 @@ class _ImplicitDecoder(nn.Module):
     def _net(self, coords: Tensor, z: Tensor | None) -> Tensor:
         """``(…, N, 3)``, ``(…, zdim)`` → ``(…, N, n_out)`` float32 network output."""
         feats = self.pe(coords)
-        layers = list(self.mlp.main)
-        if z is None or type(layers[0]) is not nn.Linear:
-            if z is not None:
-                zz = z[..., None, :].expand(*coords.shape[:-1], self.zdim).to(feats.dtype)
-                feats = torch.cat([feats, zz], dim=-1)
-            return self.mlp(feats).float()
-        # [PE(k), z] Wᵀ + b = PE(k) W_peᵀ + (z W_zᵀ + b): the latent's part once per image, no
-        # concatenated (…, N, n_pe + zdim) copy, and no gradient for the features' columns
-        first, n_pe = layers[0], feats.shape[-1]
-        h = F.linear(feats, first.weight[:, :n_pe])
-        h = h.add_(F.linear(z.to(feats.dtype), first.weight[:, n_pe:], first.bias)[..., None, :])
-        for layer in layers[1:]:
-            h = layer(h)
-        return h.float()
+        out = self.mlp(feats) if z is None else self.mlp.forward_concat(feats, z)
+        return out.float()
 
     def hartley(self, coords: Tensor, z: Tensor | None) -> Tensor:  # pragma: no cover - abstract
         """Hartley values at arbitrary points (no point-symmetry assumption)."""

@@ -24,9 +24,11 @@ Encoders without the attribute are called as ``forward(x)`` and never see the po
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cryonoo.physics.lattice import check_odd_lattice
@@ -111,6 +113,24 @@ class _Stack(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.main(x)
+
+    def forward_concat(self, x: Tensor, z: Tensor) -> Tensor:
+        """``self(cat([x, z], -1))`` with ``z`` ``(…, b)`` broadcast over ``x``'s point axis:
+        ``x`` ``(…, N, a)`` → ``(…, N, out_dim)``, ``a + b = in_dim``.
+
+        A plain first layer is applied as ``x W_xᵀ + (z W_zᵀ + bias)``: the ``z`` part once
+        per leading index instead of once per point, and no concatenated copy; a residual
+        first layer (``in_dim == hidden_dim``) needs the concatenation and gets it."""
+        first = self.main[0]
+        if type(first) is not nn.Linear:
+            zz = z[..., None, :].expand(*x.shape[:-1], z.shape[-1]).to(x.dtype)
+            return self(torch.cat([x, zz], dim=-1))
+        n = x.shape[-1]
+        h = F.linear(x, first.weight[:, :n])
+        h = h.add_(F.linear(z.to(x.dtype), first.weight[:, n:], first.bias)[..., None, :])
+        for layer in itertools.islice(self.main, 1, None):
+            h = layer(h)
+        return h
 
 
 class ResidLinearMLP(_Stack):

@@ -130,6 +130,24 @@ def test_decoder_entries_forward_backward(name: str, pe_type: str) -> None:
     assert DECODERS.describe(name)
 
 
+@pytest.mark.parametrize("in_dim", [10, 16])  # a plain first layer, a residual one (= hidden)
+def test_forward_concat_equals_the_stack_on_the_concatenation(in_dim: int) -> None:
+    """``forward_concat(x, z)`` is the stack on ``cat([x, z broadcast])``: values and gradients
+    to float rounding, whether the first layer is plain or residual."""
+    torch.manual_seed(1)
+    mlp = ResidLinearMLP(in_dim, 2, 16, 3)
+    assert isinstance(mlp.main[0], ResidLinear) == (in_dim == 16)
+    x = torch.randn(4, 7, in_dim - 3, generator=_gen(6))
+    z = torch.randn(4, 3, generator=_gen(7), requires_grad=True)
+    ref = mlp(torch.cat([x, z[:, None].expand(4, 7, 3)], dim=-1))
+    out = mlp.forward_concat(x, z)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    wrt = [z, *mlp.parameters()]
+    grads = torch.autograd.grad(out.square().sum(), wrt)
+    for g, g_ref in zip(grads, torch.autograd.grad(ref.square().sum(), wrt), strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", DECODERS.names())
 def test_split_first_layer_equals_the_concatenated_input(name: str) -> None:
     """The first layer applied as ``PE(k) W_peᵀ + (z W_zᵀ + b)`` gives the values and the
