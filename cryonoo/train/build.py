@@ -98,6 +98,7 @@ def build_model(
     )
     if hasattr(vae, "decoder_chunk"):
         vae.decoder_chunk = config.optim.decoder_chunk
+        vae.cpu_block_points = config.optim.cpu_block_points
     elif config.optim.decoder_chunk is not None:
         raise ValueError(
             f"optim.decoder_chunk: the {config.model.kind!r} model does not decode in chunks"

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cryonoo.io.dataset import Preprocessing
+from cryonoo.models.base import CPU_BLOCK_POINTS
 from cryonoo.train.precision import PRECISIONS
 
 __all__ = [
@@ -161,6 +162,9 @@ class OptimConfig(_Section):
     #: images per decoder chunk whose activations the backward pass recomputes instead of
     #: keeping (None: keep them all): memory for one more decoder forward pass per step
     decoder_chunk: int | None = None
+    #: on the CPU, decoder points per cache block: the batch is decoded a group of images at a
+    #: time so each group's activations stay in the cache between layers (None: all at once)
+    cpu_block_points: int | None = CPU_BLOCK_POINTS
     seed: int = 0
 
     def _checks(self) -> dict[str, bool]:
@@ -174,6 +178,8 @@ class OptimConfig(_Section):
             and not (self.encoder_weight_decay > 0 and self.weight_decay > 0),
             "decoder_chunk": self.decoder_chunk is None
             or (not isinstance(self.decoder_chunk, bool) and self.decoder_chunk >= 1),
+            "cpu_block_points": self.cpu_block_points is None
+            or (not isinstance(self.cpu_block_points, bool) and self.cpu_block_points >= 1),
         }
 
 

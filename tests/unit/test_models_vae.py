@@ -319,6 +319,25 @@ def test_fourier_volume_pairs_points_and_matches_every_point_evaluation() -> Non
 
 
 # ----------------------------------------------------------------------------- memory
+def test_cpu_blocks_same_loss_and_gradients_as_one_pass() -> None:
+    """Decoding one or two images per cache block gives the loss, every gradient and the
+    renderings of the batch decoded at once (7 images: groups of 1, and 2 + 2 + 2 + 1)."""
+    m, b = _small(dec_dim=64, dec_layers=2), _batch(B=7)
+    m.cpu_block_points = None
+    loss_full, grads_full, _ = _step_and_saved_bytes(m, b)
+    for block in (1, 2 * m.n_pix):  # one image per block; two
+        m.cpu_block_points = block
+        loss_block, grads_block, _ = _step_and_saved_bytes(m, b)
+        torch.testing.assert_close(loss_block, loss_full)
+        for g_block, g_full in zip(grads_block, grads_full, strict=True):
+            torch.testing.assert_close(g_block, g_full, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        z = torch.randn(7, 2)
+        blocked = m.render(z, b.rot, b.ctf)
+        m.cpu_block_points = None
+        torch.testing.assert_close(blocked, m.render(z, b.rot, b.ctf))
+
+
 def _step_and_saved_bytes(m: HetVAE, b: Batch) -> tuple[Tensor, list[Tensor], int]:
     saved = [0]
 

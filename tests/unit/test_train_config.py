@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 
+from cryonoo.models.base import CPU_BLOCK_POINTS
 from cryonoo.train.config import (
     ALIASES,
     ARCHITECTURE_FIELDS,
@@ -142,6 +143,7 @@ def _with_later_settings(flat: dict) -> dict:
         if key == "seed":
             out["fused_adam"] = False  # optim.fused_adam, before optim.seed
             out["decoder_chunk"] = None  # optim.decoder_chunk, before optim.seed
+            out["cpu_block_points"] = CPU_BLOCK_POINTS  # optim.cpu_block_points, likewise
         out[key] = value
     return out
 
@@ -214,3 +216,10 @@ def test_decoder_chunk_must_be_none_or_a_positive_int(bad):
     with pytest.raises((ValueError, TypeError), match="decoder_chunk"):
         TrainConfig().replace({"optim.decoder_chunk": bad})
     assert TrainConfig().replace({"optim.decoder_chunk": 16}).optim.decoder_chunk == 16
+
+
+@pytest.mark.parametrize("bad", [0, -2, True])
+def test_cpu_block_points_must_be_none_or_a_positive_int(bad):
+    with pytest.raises((ValueError, TypeError), match="cpu_block_points"):
+        TrainConfig().replace({"optim.cpu_block_points": bad})
+    assert TrainConfig().replace({"optim.cpu_block_points": None}).optim.cpu_block_points is None
