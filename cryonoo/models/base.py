@@ -18,7 +18,9 @@ encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image l
   time (``N`` points per image), so each group's activations are reused from the cache by the
   next layer and, in the backward pass, by the same group's gradients; the autograd engine
   finishes one group's backward before the next. Same values and gradients as one pass, to
-  rounding (the weight gradients are summed over groups); ≈ 5–13 % less time per step.
+  rounding (the weight gradients are summed over groups); 4–14 % less time per fp32 step with
+  8 192 points. Off by default: with it, a benchmark run in 1-thread worker processes no longer
+  equals the same run in one process bit for bit (9th digit of the FSC).
 * Geometry (coordinates, masks, rotations, CTF, phases) runs in float32 with autocast disabled.
 * Test-time fitting of latents (:meth:`LatticeModel.refine_latents`, :mod:`cryonoo.models.refine`)
   is shared: each model supplies only its per-image :meth:`~LatticeModel.latent_prior`.
@@ -44,11 +46,7 @@ from cryonoo.physics.lattice import (
 )
 from cryonoo.physics.shifts import shift_ht_points
 
-__all__ = ["CPU_BLOCK_POINTS", "LatticeModel"]
-
-#: decoder points per cache block on the CPU (8 MB of float32 activations per
-#: layer at width 256: within a server CPU's L2 + L3 share)
-CPU_BLOCK_POINTS = 8192
+__all__ = ["LatticeModel"]
 
 
 class LatticeModel(nn.Module):
@@ -83,7 +81,7 @@ class LatticeModel(nn.Module):
         self.decoder_chunk: int | None = None
         #: on the CPU, decoder points per cache block (None: the whole batch at once); see
         #: the module docstring
-        self.cpu_block_points: int | None = CPU_BLOCK_POINTS
+        self.cpu_block_points: int | None = None
 
     def _buffer(self, name: str, value: Tensor) -> None:
         self.register_buffer(name, value, persistent=False)

@@ -394,6 +394,6 @@ def test_build_model_sets_the_decoder_chunk(recipe):
     assert base_model(build_model(config, 17, noise_sigma=0.5)).decoder_chunk is None
     chunked = config.replace({"optim.decoder_chunk": 4})
     assert base_model(build_model(chunked, 17, noise_sigma=0.5)).decoder_chunk == 4
-    assert base_model(build_model(config, 17, noise_sigma=0.5)).cpu_block_points == 8192
-    unblocked = config.replace({"optim.cpu_block_points": None})
-    assert base_model(build_model(unblocked, 17, noise_sigma=0.5)).cpu_block_points is None
+    assert base_model(build_model(config, 17, noise_sigma=0.5)).cpu_block_points is None
+    blocked = config.replace({"optim.cpu_block_points": 8192})
+    assert base_model(build_model(blocked, 17, noise_sigma=0.5)).cpu_block_points == 8192

@@ -9,7 +9,6 @@ import pickle
 
 import pytest
 
-from cryonoo.models.base import CPU_BLOCK_POINTS
 from cryonoo.train.config import (
     ALIASES,
     ARCHITECTURE_FIELDS,
@@ -143,7 +142,7 @@ def _with_later_settings(flat: dict) -> dict:
         if key == "seed":
             out["fused_adam"] = False  # optim.fused_adam, before optim.seed
             out["decoder_chunk"] = None  # optim.decoder_chunk, before optim.seed
-            out["cpu_block_points"] = CPU_BLOCK_POINTS  # optim.cpu_block_points, likewise
+            out["cpu_block_points"] = None  # optim.cpu_block_points, likewise
         out[key] = value
     return out
 
@@ -222,4 +221,4 @@ def test_decoder_chunk_must_be_none_or_a_positive_int(bad):
 def test_cpu_block_points_must_be_none_or_a_positive_int(bad):
     with pytest.raises((ValueError, TypeError), match="cpu_block_points"):
         TrainConfig().replace({"optim.cpu_block_points": bad})
-    assert TrainConfig().replace({"optim.cpu_block_points": None}).optim.cpu_block_points is None
+    assert TrainConfig().replace({"optim.cpu_block_points": 8192}).optim.cpu_block_points == 8192
