@@ -19,8 +19,8 @@ encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image l
   next layer and, in the backward pass, by the same group's gradients; the autograd engine
   finishes one group's backward before the next. Same values and gradients as one pass, to
   rounding (the weight gradients are summed over groups); 4–14 % less time per fp32 step with
-  8 192 points. Off by default: with it, a benchmark run in 1-thread worker processes no longer
-  equals the same run in one process bit for bit (9th digit of the FSC).
+  8 192 points on one CPU (docs/benchmarks.md). Off by default until the end-to-end training
+  comparison has been measured with it.
 * Geometry (coordinates, masks, rotations, CTF, phases) runs in float32 with autocast disabled.
 * Test-time fitting of latents (:meth:`LatticeModel.refine_latents`, :mod:`cryonoo.models.refine`)
   is shared: each model supplies only its per-image :meth:`~LatticeModel.latent_prior`.

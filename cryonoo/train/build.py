@@ -96,13 +96,14 @@ def build_model(
         beta=config.model.beta,
         seed=config.optim.seed,
     )
-    if hasattr(vae, "decoder_chunk"):
-        vae.decoder_chunk = config.optim.decoder_chunk
-        vae.cpu_block_points = config.optim.cpu_block_points
-    elif config.optim.decoder_chunk is not None:
-        raise ValueError(
-            f"optim.decoder_chunk: the {config.model.kind!r} model does not decode in chunks"
-        )
+    for setting in ("decoder_chunk", "cpu_block_points"):
+        value = getattr(config.optim, setting)
+        if hasattr(vae, setting):
+            setattr(vae, setting, value)
+        elif value is not None:
+            raise ValueError(
+                f"optim.{setting}: the {config.model.kind!r} model does not decode in chunks"
+            )
     if not config.uses_ssl:
         return vae
     if not has_encoder(vae):

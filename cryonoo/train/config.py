@@ -99,6 +99,11 @@ def _rebuild(cls: type, values: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+def _none_or_positive_int(value: Any) -> bool:
+    """``value`` is ``None`` or an integer ≥ 1 (``True`` is not an integer here)."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 def _plain(value: Any) -> Any:
     """``value`` as JSON has it: tuples as lists, read-only mappings as dictionaries."""
     if isinstance(value, tuple):
@@ -163,7 +168,7 @@ class OptimConfig(_Section):
     decoder_chunk: int | None = None
     #: on the CPU, decoder points per cache block: the batch is decoded a group of images at a
     #: time so each group's activations stay in the cache between layers (None: all at once)
-    cpu_block_points: int | None = None  # 8 192 measured 4–14 % faster (docs/benchmarks.md)
+    cpu_block_points: int | None = None  # 8 192: 4–14 % faster steps on one CPU (benchmarks.md)
     seed: int = 0
 
     def _checks(self) -> dict[str, bool]:
@@ -175,10 +180,8 @@ class OptimConfig(_Section):
             "plateau_on": self.plateau_on in ("model", "total"),
             "encoder_weight_decay": self.encoder_weight_decay >= 0
             and not (self.encoder_weight_decay > 0 and self.weight_decay > 0),
-            "decoder_chunk": self.decoder_chunk is None
-            or (not isinstance(self.decoder_chunk, bool) and self.decoder_chunk >= 1),
-            "cpu_block_points": self.cpu_block_points is None
-            or (not isinstance(self.cpu_block_points, bool) and self.cpu_block_points >= 1),
+            "decoder_chunk": _none_or_positive_int(self.decoder_chunk),
+            "cpu_block_points": _none_or_positive_int(self.cpu_block_points),
         }
 
 
