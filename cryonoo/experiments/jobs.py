@@ -6,7 +6,9 @@ every task, either in this process (``jobs = 1``, in order) or in ``jobs`` spawn
 processes of ``threads`` torch threads each. On a CPU, two one-thread processes do more work
 than one two-thread process (small matrix products scale poorly across threads), and a task's
 results do not depend on the order or the process it ran in: every task seeds its own
-generators.
+generators. They may depend, in the last bits, on the number of torch threads (MKL's FFT and
+matrix-product rounding can change with it on some CPUs), both the workers' and that of the
+calling process, where ``prepare`` simulates the data.
 
 Workers report through a queue that the caller drains: ``log`` messages and ``on_step`` events
 (shallow copies of the training loop's dicts) arrive in the calling process, so a progress bar
