@@ -12,6 +12,10 @@ on the train and test splits. Example::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_cryodrgn.py -o /tmp/vs \\
         --cryodrgn /tmp/cdvenv/bin/cryodrgn --box 32 --n-images 2000 --epochs 3 --threads 1
 
+``--set KEY=VALUE`` changes every cryonoo run; ``--variant "KEY=VALUE …"`` adds one more
+cryonoo run per precision with those settings, so that a setting is measured against the same
+cryoDRGN run and the same machine state (e.g. ``--variant optim.cpu_block_points=8192``).
+
 ``--cryodrgn`` is cryoDRGN's ``cryodrgn`` executable or the ``python`` of its environment
 (default: ``cryodrgn`` on PATH, or this interpreter if it can import cryodrgn). Prints a Markdown
 table and writes ``results.json`` in the output directory.
@@ -41,6 +45,7 @@ from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
 from cryonoo.interop.cryodrgn_model import load_cryodrgn_run
 from cryonoo.io.dataset import Preprocessing, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
+from cryonoo.train.config_file import add_set_argument, apply_overrides
 from cryonoo.train.recipes import get_recipe
 from cryonoo.train.run import load_run
 from cryonoo.train.trainer import train
@@ -122,6 +127,15 @@ def main() -> None:
         default="fp32",
         help="comma-separated cryonoo precisions to train (fp32, bf16; cryoDRGN runs fp32)",
     )
+    add_set_argument(p, "a training setting for every cryonoo run (repeatable)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        dest="variants",
+        metavar="KEY=VALUE[ KEY=VALUE…]",
+        help="also train every precision with these settings, in the same run (repeatable)",
+    )
     args = p.parse_args()
     precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
     cmd = cryodrgn_command(args.cryodrgn)
@@ -174,15 +188,20 @@ def main() -> None:
             "optim.seed": args.seed,
         }
     )
+    base = apply_overrides(base, args.overrides)
+    configs = {p: base.replace({"optim.precision": p}) for p in precisions}
+    for variant in args.variants:
+        configs |= {
+            f"{p}, {variant}": apply_overrides(configs[p], variant.split()) for p in precisions
+        }
     ours: dict[str, dict] = {}
     dataset = open_dataset(data_dir, ind="train")
-    for precision in precisions:
-        config = base.replace({"optim.precision": precision})
-        ours_dir = out / f"cryonoo_{precision}"
+    for label, config in configs.items():
+        ours_dir = out / run_dir_name(label)
         shutil.rmtree(ours_dir, ignore_errors=True)
         t0 = time.perf_counter()
         result = train(config, dataset, ours_dir, device="cpu")
-        ours[precision] = {"stats": result.stats, "wall_s": time.perf_counter() - t0}
+        ours[label] = {"stats": result.stats, "wall_s": time.perf_counter() - t0}
 
     # the same evaluation for all
     cd_run = load_cryodrgn_run(cd_dir)
@@ -190,9 +209,9 @@ def main() -> None:
         invert=cd_run.invert, window=cd_run.window, window_inner=cd_run.window_r
     )
     fsc = {"cryodrgn": fsc_summary(cd_run.model, cd_run.norm_std, cd_prep, data, args.seed)}
-    for precision in precisions:
-        run = load_run(out / f"cryonoo_{precision}")
-        fsc[f"cryonoo_{precision}"] = fsc_summary(
+    for label in configs:
+        run = load_run(out / run_dir_name(label))
+        fsc[f"cryonoo_{label}"] = fsc_summary(
             run.model, run.norm_std, base.preprocessing(), data, args.seed
         )
 
@@ -208,20 +227,27 @@ def main() -> None:
         "n_test": len(data.split["test"]),
         "cryodrgn": {"epochs": cd_epochs, "images_per_s": rate(cd_epochs), "wall_s": cd_wall},
         "cryonoo": {
-            precision: {
+            label: {
                 "epochs": [
                     {k: e[k] for k in ("epoch", "recon", "kld", "loss", "time_s")}
                     for e in run["stats"]
                 ],
                 "images_per_s": rate(run["stats"]),
                 "wall_s": run["wall_s"],
+                "config": configs[label].to_dict(),
             }
-            for precision, run in ours.items()
+            for label, run in ours.items()
         },
         "per_image_fsc": fsc,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(format_table(results))
+
+
+def run_dir_name(label: str) -> str:
+    """``cryonoo_<label>`` with every run of characters other than letters, digits, ``.=-``
+    replaced by one ``_`` (``"fp32, optim.cpu_block_points=8192"`` → a plain directory name)."""
+    return "cryonoo_" + re.sub(r"[^\w.=-]+", "_", label)
 
 
 def format_table(r: dict) -> str:
