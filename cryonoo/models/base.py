@@ -19,8 +19,9 @@ encoder, :class:`~cryonoo.models.autodecoder.AutoDecoder` a table of per-image l
   next layer and, in the backward pass, by the same group's gradients; the autograd engine
   finishes one group's backward before the next. Same values and gradients as one pass, to
   rounding (the weight gradients are summed over groups); 4–14 % less time per fp32 step with
-  8 192 points on one CPU (docs/benchmarks.md). Off by default until the end-to-end training
-  comparison has been measured with it.
+  8 192 points on one CPU thread, 6–9 % less time per fp32 training epoch end to end
+  (docs/benchmarks.md). The model's own default is off (None); training sets
+  ``optim.cpu_block_points`` (8 192 by default).
 * Geometry (coordinates, masks, rotations, CTF, phases) runs in float32 with autocast disabled.
 * Test-time fitting of latents (:meth:`LatticeModel.refine_latents`, :mod:`cryonoo.models.refine`)
   is shared: each model supplies only its per-image :meth:`~LatticeModel.latent_prior`.

@@ -21,6 +21,7 @@ from cryonoo.models.vae import HetVAE
 from cryonoo.models.zoo import MODELS, has_encoder, reconstruction_models
 from cryonoo.ssl.augment import AUGMENTERS, run_context_of
 from cryonoo.ssl.distill import SelfDistillation
+from cryonoo.train.config import OptimConfig
 from cryonoo.train.cryodrgn_init import load_cryodrgn_weights
 from cryonoo.train.distributed import DistInfo, ShardedBatchSampler
 from cryonoo.train.precision import Precision, resolve_precision
@@ -100,7 +101,7 @@ def build_model(
         value = getattr(config.optim, setting)
         if hasattr(vae, setting):
             setattr(vae, setting, value)
-        elif value is not None:
+        elif value != getattr(OptimConfig(), setting):  # a model without it keeps the default
             raise ValueError(
                 f"optim.{setting}: the {config.model.kind!r} model does not decode in chunks"
             )

@@ -167,8 +167,9 @@ class OptimConfig(_Section):
     #: keeping (None: keep them all): memory for one more decoder forward pass per step
     decoder_chunk: int | None = None
     #: on the CPU, decoder points per cache block: the batch is decoded a group of images at a
-    #: time so each group's activations stay in the cache between layers (None: all at once)
-    cpu_block_points: int | None = None  # 8 192: 4–14 % faster steps on one CPU (benchmarks.md)
+    #: time so each group's activations stay in the cache between layers (None: all at once;
+    #: 8 192 measured best: 6–9 % faster fp32 training on one CPU thread, docs/benchmarks.md)
+    cpu_block_points: int | None = 8192
     seed: int = 0
 
     def _checks(self) -> dict[str, bool]:

@@ -392,8 +392,8 @@ def test_build_model_sets_the_decoder_chunk(recipe):
 
     config = get_recipe(recipe).replace(SMALL)
     plain = base_model(build_model(config, 17, noise_sigma=0.5))
-    assert plain.decoder_chunk is None and plain.cpu_block_points is None
+    assert plain.decoder_chunk is None and plain.cpu_block_points == 8192  # the defaults
     chunked = config.replace({"optim.decoder_chunk": 4})
     assert base_model(build_model(chunked, 17, noise_sigma=0.5)).decoder_chunk == 4
-    blocked = config.replace({"optim.cpu_block_points": 8192})
-    assert base_model(build_model(blocked, 17, noise_sigma=0.5)).cpu_block_points == 8192
+    unblocked = config.replace({"optim.cpu_block_points": None})
+    assert base_model(build_model(unblocked, 17, noise_sigma=0.5)).cpu_block_points is None

@@ -142,7 +142,7 @@ def _with_later_settings(flat: dict) -> dict:
         if key == "seed":
             out["fused_adam"] = False  # optim.fused_adam, before optim.seed
             out["decoder_chunk"] = None  # optim.decoder_chunk, before optim.seed
-            out["cpu_block_points"] = None  # optim.cpu_block_points, likewise
+            out["cpu_block_points"] = 8192  # optim.cpu_block_points, likewise
         out[key] = value
     return out
 
