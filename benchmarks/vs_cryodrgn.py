@@ -251,7 +251,8 @@ def run_dir_name(label: str) -> str:
 
 
 def format_table(r: dict) -> str:
-    """A Markdown table of ``results.json``: cryoDRGN, then one column per cryonoo precision."""
+    """A Markdown table of ``results.json``: cryoDRGN, then one column per cryonoo run
+    (precision, and its ``--variant`` settings where given)."""
     cd, ours = r["cryodrgn"], r["cryonoo"]
     fsc = r["per_image_fsc"]
     names = list(ours)

@@ -47,7 +47,11 @@ from cryonoo.physics.lattice import (
 )
 from cryonoo.physics.shifts import shift_ht_points
 
-__all__ = ["LatticeModel"]
+__all__ = ["CPU_BLOCK_POINTS", "LatticeModel"]
+
+#: decoder points per cache block on the CPU that training uses by default
+#: (``optim.cpu_block_points``): 8 MB of float32 activations per layer at width 256
+CPU_BLOCK_POINTS = 8192
 
 
 class LatticeModel(nn.Module):

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cryonoo.io.dataset import Preprocessing
+from cryonoo.models.base import CPU_BLOCK_POINTS
 from cryonoo.train.precision import PRECISIONS
 
 __all__ = [
@@ -169,7 +170,7 @@ class OptimConfig(_Section):
     #: on the CPU, decoder points per cache block: the batch is decoded a group of images at a
     #: time so each group's activations stay in the cache between layers (None: all at once;
     #: 8 192 measured best: 6–9 % faster fp32 training on one CPU thread, docs/benchmarks.md)
-    cpu_block_points: int | None = 8192
+    cpu_block_points: int | None = CPU_BLOCK_POINTS
     seed: int = 0
 
     def _checks(self) -> dict[str, bool]:

@@ -9,6 +9,7 @@ import pickle
 
 import pytest
 
+from cryonoo.models.base import CPU_BLOCK_POINTS
 from cryonoo.train.config import (
     ALIASES,
     ARCHITECTURE_FIELDS,
@@ -142,7 +143,7 @@ def _with_later_settings(flat: dict) -> dict:
         if key == "seed":
             out["fused_adam"] = False  # optim.fused_adam, before optim.seed
             out["decoder_chunk"] = None  # optim.decoder_chunk, before optim.seed
-            out["cpu_block_points"] = 8192  # optim.cpu_block_points, likewise
+            out["cpu_block_points"] = CPU_BLOCK_POINTS  # optim.cpu_block_points, likewise
         out[key] = value
     return out
 
