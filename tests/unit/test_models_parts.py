@@ -73,6 +73,59 @@ def test_resid_mlp_structure() -> None:
     torch.testing.assert_close(layer(x), layer.linear(x) + x)
 
 
+def test_resid_linear_folded_skip_equals_the_sum_forward_and_backward() -> None:
+    """``(W + I) x + b`` is ``W x + b + x``: same output and same gradients for x, W and b
+    (float64, so the only difference is rounding)."""
+    layer = ResidLinear(16, 16).double()
+    x = torch.randn(5, 7, 16, dtype=torch.float64, generator=_gen(), requires_grad=True)
+    upstream = torch.randn(5, 7, 16, dtype=torch.float64, generator=_gen(1))
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor]:
+        params = [x, layer.linear.weight, layer.linear.bias]
+        return list(torch.autograd.grad(out, params, upstream))
+
+    folded = layer(x)
+    summed = layer.linear(x) + x
+    torch.testing.assert_close(folded, summed, rtol=1e-13, atol=1e-13)
+    for a, b in zip(grads(folded), grads(summed), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_in_place_activations_give_the_out_of_place_gradients(activation: str) -> None:
+    """The stack's ReLUs act in place; output and every gradient equal those of the same
+    stack with out-of-place activations (float64), through the split first layer too."""
+    import copy
+
+    mlp = ResidLinearMLP(11, 2, 16, 3, activation).double()
+    reference = copy.deepcopy(mlp)
+    acts = [m for m in mlp.modules() if isinstance(m, torch.nn.ReLU | torch.nn.LeakyReLU)]
+    assert len(acts) == 3 and all(m.inplace for m in acts)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.ReLU | torch.nn.LeakyReLU):
+            m.inplace = False
+    x = torch.randn(4, 6, 8, dtype=torch.float64, generator=_gen())
+    z = torch.randn(4, 3, dtype=torch.float64, generator=_gen(1))
+    for net in (mlp, reference):
+        (
+            net(torch.cat([x, z[:, None].expand(4, 6, 3)], -1)).sum()
+            + net.forward_concat(x, z).sum()
+        ).backward()
+    torch.testing.assert_close(mlp.forward_concat(x, z), reference.forward_concat(x, z))
+    for p, q in zip(mlp.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_resid_linear_keeps_the_sum_under_bf16_autocast() -> None:
+    """Under autocast the weight is not folded (``1 + W_ii`` in bfloat16 loses ``W_ii``):
+    the output is exactly autocast's ``linear(x) + x``."""
+    layer = ResidLinear(16, 16)
+    x = torch.randn(6, 16, generator=_gen())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, reference = layer(x), layer.linear(x) + x
+    assert torch.equal(out, reference)
+
+
 @pytest.mark.parametrize("name", ENCODERS.names())
 def test_encoder_entries_forward_backward(name: str) -> None:
     D, zdim, in_dim = 17, 3, 40
