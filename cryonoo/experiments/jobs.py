@@ -14,7 +14,8 @@ Workers report through a queue that the caller drains: ``log`` messages and ``on
 (shallow copies of the training loop's dicts) arrive in the calling process, so a progress bar
 there counts every worker's images. A task that raises stops the run: tasks not yet started are
 cancelled, running ones finish (their outputs on disk let a rerun resume), and the error is
-raised in the caller.
+raised in the caller. The workers and the queue's manager process exit within a second
+when the calling process is killed outright (``kill``, no clean-up) instead of running on.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import importlib
 import multiprocessing as mp
 import os
 import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.managers import SyncManager
 from typing import Any, TypeVar
 
 __all__ = ["TaskFn", "run_tasks", "threads_per_job", "usable_cpus"]
@@ -37,6 +41,7 @@ TaskFn = Callable[[Any, Log, StepHook | None], Any]
 
 _events: Any = None  # the worker's queue to the caller (set by _start_worker)
 _POLL_S = 0.2
+_PARENT_POLL_S = 0.5
 
 
 def usable_cpus() -> int:
@@ -52,10 +57,24 @@ def threads_per_job(jobs: int) -> int:
     return max(1, usable_cpus() // max(1, jobs))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Poll until this process's parent is gone (killed without shutting its pool and
+    manager down: this process was re-parented), then end this process at once."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def _watch_parent() -> None:
+    """Start :func:`_exit_with_parent` on a daemon thread of this (child) process."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
 def _start_worker(threads: int, events: Any) -> None:
     import torch
 
     global _events
+    _watch_parent()
     torch.set_num_threads(threads)
     _events = events
 
@@ -117,7 +136,9 @@ def run_tasks(
     n_threads = threads_per_job(jobs) if threads is None else threads
     workers = min(jobs, len(tasks))
     ctx = mp.get_context("spawn")  # a clean interpreter: no forked torch thread pools
-    with ctx.Manager() as manager:
+    manager = SyncManager(ctx=ctx)
+    manager.start(_watch_parent)
+    with manager:
         events = manager.Queue()
         pool = ProcessPoolExecutor(
             workers,  # started by the warm-up calls below

@@ -91,3 +91,81 @@ def test_bad_job_counts_are_refused(jobs) -> None:
 def test_threads_share_the_cpus() -> None:
     n = usable_cpus()
     assert threads_per_job(1) == n and threads_per_job(n) == 1 and threads_per_job(4 * n) == 1
+
+
+def _sleeps_and_reports(task, log, on_step):
+    """A task that writes its process id to ``task`` and then sleeps far past the test."""
+    import time
+
+    with open(task, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(120)
+
+
+_KILLED_CALLER = """
+import sys
+from cryonoo.experiments.jobs import run_tasks
+sys.path.insert(0, sys.argv[2])
+from test_jobs import _sleeps_and_reports
+run_tasks(_sleeps_and_reports, [sys.argv[1] + ".0", sys.argv[1] + ".1"], jobs=2, threads=1)
+"""
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter from ``/proc`` (``None`` once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) not in (None, "Z")  # a zombie has exited, only its reaping is left
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if parent == pid:
+                found.add(int(entry))
+    return found
+
+
+def test_workers_exit_when_the_caller_is_killed(tmp_path) -> None:
+    """SIGKILL of the calling process (no clean-up) must not leave a worker running."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc to follow the processes")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    markers = [tmp_path / "worker.pid.0", tmp_path / "worker.pid.1"]  # two tasks: two workers
+    here = os.path.dirname(__file__)
+    caller = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CALLER, str(tmp_path / "worker.pid"), here]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not all(m.exists() and m.read_text() for m in markers):
+            assert caller.poll() is None, "the calling process ended early"
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.1)
+        workers = {int(m.read_text()) for m in markers}
+        spawned = _children(caller.pid)  # the workers, and whatever helper the pool started
+        assert workers <= spawned and all(map(_alive, workers))
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, spawned)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in spawned if _alive(pid)], "processes outlived their killed caller"
