@@ -60,10 +60,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-#: Weight dtypes in which :class:`ResidLinear` folds its skip connection into the weight.
-_FOLD_DTYPES = (torch.float32, torch.float64)
-
-
 def make_activation(name: str, *, inplace: bool = False) -> nn.Module:
     """A fresh activation module by name (see :data:`ACTIVATIONS`); ``inplace=True`` makes
     ReLU and leaky ReLU overwrite their input (their backward needs only the output), the
@@ -81,6 +77,10 @@ def check_int(value: int, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return value
+
+
+#: Weight dtypes in which :class:`ResidLinear` folds its skip connection into the weight.
+_FOLD_DTYPES = (torch.float32, torch.float64)
 
 
 class ResidLinear(nn.Module):
