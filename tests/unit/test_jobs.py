@@ -111,31 +111,28 @@ run_tasks(_sleeps_and_reports, [sys.argv[1] + ".0", sys.argv[1] + ".1"], jobs=2,
 """
 
 
-def _state(pid: int) -> str | None:
-    """The process state letter from ``/proc`` (``None`` once it is gone)."""
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, parent, …), ``None``
+    once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
 def _alive(pid: int) -> bool:
-    return _state(pid) not in (None, "Z")  # a zombie has exited, only its reaping is left
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has exited, only reaping is left
 
 
 def _children(pid: int) -> set[int]:
     """Process ids whose parent is ``pid``."""
     found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if parent == pid:
-                found.add(int(entry))
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        fields = _stat(entry)
+        if fields is not None and int(fields[1]) == pid:
+            found.add(int(entry))
     return found
 
 
