@@ -75,14 +75,14 @@ def _off_diagonal_sq_sum(m: Tensor) -> Tensor:
     return (m**2).sum() - (torch.diagonal(m) ** 2).sum()
 
 
-def _variance_hinge(x: Tensor, gamma: float, eps: float) -> Tensor:
-    """``mean_j relu(γ − sqrt(Var_unbiased(x[:, j]) + ε))``."""
-    std = torch.sqrt(x.var(dim=0, correction=1) + eps)
-    return F.relu(gamma - std).mean()
+def _hinge_of_variances(var: Tensor, gamma: float, eps: float) -> Tensor:
+    """``mean_j relu(γ − sqrt(var_j + ε))`` of the ``(d,)`` per-feature variances."""
+    return F.relu(gamma - torch.sqrt(var + eps)).mean()
 
 
-def _covariance_penalty(x: Tensor) -> Tensor:
-    """``Σ_{i≠j} C_ij² / d`` with ``C = X̃ᵀX̃ / (n − 1)`` over the centered batch ``X̃``.
+def _variance_and_covariance(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Var_unbiased(x[:, j]) (d,), Σ_{i≠j} C_ij² / d)`` with ``C = X̃ᵀX̃ / (n − 1)`` over the
+    centered batch ``X̃``: one centering serves both, the variances being ``diag C``.
 
     ``‖X̃ᵀX̃‖²_F = ‖X̃X̃ᵀ‖²_F``, so for a batch smaller than the width (``n < d``, the usual case
     with a 1024-wide expander) the ``(n, n)`` Gram matrix gives the same value at ``n/d`` of
@@ -92,7 +92,8 @@ def _covariance_penalty(x: Tensor) -> Tensor:
     xc = x - x.mean(dim=0)
     gram = xc @ xc.T if n < d else xc.T @ xc
     diag = (xc**2).sum(dim=0)  # (n − 1) · C_jj
-    return ((gram**2).sum() - (diag**2).sum()) / ((n - 1) ** 2 * d)
+    cov = ((gram**2).sum() - (diag**2).sum()) / ((n - 1) ** 2 * d)
+    return diag / (n - 1), cov
 
 
 def vicreg_branch_terms(x: Tensor, *, gamma: float = 1.0, eps: float = 1e-4) -> dict[str, Tensor]:
@@ -106,7 +107,8 @@ def vicreg_branch_terms(x: Tensor, *, gamma: float = 1.0, eps: float = 1e-4) -> 
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"expected a (B ≥ 2, d) embedding batch, got {tuple(x.shape)}")
     with full_precision(x.device):
-        return {"var": _variance_hinge(x, gamma, eps), "cov": _covariance_penalty(x)}
+        var, cov = _variance_and_covariance(x)
+        return {"var": _hinge_of_variances(var, gamma, eps), "cov": cov}
 
 
 def vicreg_terms(

@@ -13,9 +13,11 @@ Each entry of :data:`SSL` is an ``nn.Module`` built as ``factory(in_dim, head=�
 * A batch with fewer than 2 samples cannot give batch statistics: the objective returns a zero
   loss with ``skipped = 1`` (and logs the reason once) instead of raising.
 * ``forward_views(z_a, z_views)`` scores one anchor batch against ``J`` view batches and runs
-  the anchor through the heads **once** (J + 1 head passes instead of 2J); the results equal
+  the anchor through the heads **once** (J + 1 branches instead of 2J); the results equal
   ``[forward(z_a, z_views[j]) for j in range(J)]``. Each objective therefore splits into
-  ``_embed`` (latent → head outputs) and ``_pair`` (two embeddings → terms).
+  ``_embed_groups`` (latent branches → head outputs) and ``_pair`` (two embeddings → terms).
+  The J + 1 branches go through an MLP head in one pass (:func:`~cryonoo.ssl.heads.apply_per_group`:
+  one matrix product per layer, BatchNorm statistics still per branch).
 * Non-loss entries (``std``, ``skipped``) are detached; the terms are returned with their graph
   so callers may reweight them, and ``loss`` is differentiable.
 """
@@ -33,6 +35,7 @@ from cryonoo.registry import Registry
 from cryonoo.ssl.heads import (
     HEADS,
     HeadSpec,
+    apply_per_group,
     build_head,
     head_out_dim,
     simsiam_predictor,
@@ -85,8 +88,9 @@ class _Objective(nn.Module):
     _warned_small_batch = False
     term_names: Sequence[str] = ()
 
-    def _embed(self, z: Tensor) -> Any:
-        """``(B, in_dim)`` latents → what :meth:`_pair` consumes (the head outputs)."""
+    def _embed_groups(self, z: Tensor) -> list[Any]:
+        """``(G, B, in_dim)`` latent branches → per branch, what :meth:`_pair` consumes (the
+        head outputs), each branch as if it went through the heads alone."""
         raise NotImplementedError
 
     def _pair(self, e_a: Any, e_b: Any) -> dict[str, Tensor]:
@@ -121,9 +125,9 @@ class _Objective(nn.Module):
         if z_a.shape[0] < MIN_SSL_BATCH:
             return [self._skipped(z_a.shape[0], device) for _ in range(z_views.shape[0])]
         outs = []
-        e_a = self._embed(z_a.float())
-        for z_b in z_views.float():  # J is small (1–3); each pass is batched over samples
-            out = self._pair(e_a, self._embed(z_b))
+        e_a, *e_views = self._embed_groups(torch.cat([z_a.float()[None], z_views.float()]))
+        for e_b in e_views:  # J is small (1–8)
+            out = self._pair(e_a, e_b)
             out["skipped"] = torch.zeros((), device=device)
             outs.append(out)
         return outs
@@ -175,9 +179,10 @@ class VICRegObjective(_Objective):
         self.gamma, self.eps = float(gamma), float(eps)
         self.cov_scale = cov_scale
 
-    def _embed(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        h = self.head(z)  # each branch's var/cov statistics are computed once
-        return h, vicreg_branch_terms(h, gamma=self.gamma, eps=self.eps)
+    def _embed_groups(self, z: Tensor) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        # each branch's var/cov statistics are computed once
+        h = apply_per_group(self.head, z)
+        return [(h_g, vicreg_branch_terms(h_g, gamma=self.gamma, eps=self.eps)) for h_g in h]
 
     def _pair(
         self, e_a: tuple[Tensor, dict[str, Tensor]], e_b: tuple[Tensor, dict[str, Tensor]]
@@ -202,8 +207,8 @@ class InvarianceObjective(_Objective):
         super().__init__()
         self.head = build_head(head, in_dim)
 
-    def _embed(self, z: Tensor) -> Tensor:
-        return self.head(z)
+    def _embed_groups(self, z: Tensor) -> list[Tensor]:
+        return list(apply_per_group(self.head, z))
 
     def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         inv = invariance_loss(h_a, h_b)
@@ -237,9 +242,9 @@ class SimSiamObjective(_Objective):
         else:
             self.predictor = simsiam_predictor(out_dim, predictor)
 
-    def _embed(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.projector(z)
-        return h, self.predictor(h)
+    def _embed_groups(self, z: Tensor) -> list[tuple[Tensor, Tensor]]:
+        h = apply_per_group(self.projector, z)
+        return list(zip(h, apply_per_group(self.predictor, h), strict=True))
 
     def _pair(self, e_a: tuple[Tensor, Tensor], e_b: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         (h_a, p_a), (h_b, p_b) = e_a, e_b
@@ -260,8 +265,8 @@ class BarlowTwinsObjective(_Objective):
         self.head = build_head(head, in_dim)
         self.lambd = float(lambd)
 
-    def _embed(self, z: Tensor) -> Tensor:
-        return self.head(z)
+    def _embed_groups(self, z: Tensor) -> list[Tensor]:
+        return list(apply_per_group(self.head, z))
 
     def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         loss = barlow_twins_loss(h_a, h_b, lambd=self.lambd)
@@ -284,8 +289,8 @@ class LatentRegression(_Objective):
         super().__init__()
         self.head = build_head(head, in_dim)
 
-    def _embed(self, z: Tensor) -> Tensor:
-        return self.head(z)
+    def _embed_groups(self, z: Tensor) -> list[Tensor]:
+        return list(apply_per_group(self.head, z))
 
     def _pair(self, h_a: Tensor, h_b: Tensor) -> dict[str, Tensor]:
         mse = invariance_loss(h_a, h_b)

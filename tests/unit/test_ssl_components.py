@@ -106,6 +106,38 @@ def test_every_objective_forward_backward(name, head):
     assert SSL.describe(name)
 
 
+@pytest.mark.parametrize("last_norm", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_head_on_groups_equals_one_call_per_group(last_norm, momentum):
+    """One pass over G groups (one matrix product per layer, BatchNorm per group) gives, in
+    float64, the outputs, gradients and running statistics of G calls in turn; eval mode too."""
+    torch.manual_seed(0)
+    one, grouped = (MLPHead(4, [16, 16, 8], last_norm=last_norm).double() for _ in range(2))
+    for module in (*one.modules(), *grouped.modules()):
+        if isinstance(module, nn.BatchNorm1d):
+            module.momentum = momentum
+    for module in one.modules():
+        if isinstance(module, nn.BatchNorm1d) and module.affine:
+            nn.init.normal_(module.weight)  # not the defaults, so that the test sees them
+            nn.init.normal_(module.bias)
+    grouped.load_state_dict(one.state_dict())
+    z = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    for _ in range(2):  # the second step starts from updated running statistics
+        ref = torch.stack([one(z_g) for z_g in z])
+        out = grouped.forward_groups(z)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        weights = torch.randn_like(ref)
+        g_ref = torch.autograd.grad((ref * weights).sum(), (z, *one.parameters()))
+        g_out = torch.autograd.grad((out * weights).sum(), (z, *grouped.parameters()))
+        for a, b in zip(g_out, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        for a, b in zip(grouped.buffers(), one.buffers(), strict=True):
+            torch.testing.assert_close(a.double(), b.double(), rtol=1e-12, atol=1e-12)
+    one.eval(), grouped.eval()
+    ref = torch.stack([one(z_g) for z_g in z])
+    torch.testing.assert_close(grouped.forward_groups(z), ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", SSL.names())
 def test_forward_views_equals_one_call_per_view(name):
     """The shared-anchor path (anchor through the heads once) gives the per-view values and
