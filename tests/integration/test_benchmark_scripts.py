@@ -101,9 +101,10 @@ def test_against_cryodrgn_runs(tmp_path):
     [
         ("analyze_scale.py", ["-n", "3000"], "peak RSS"),
         ("decoder_mlp.py", ["--points", "2000", "--width", "32", "--repeats", "2"], "fp32"),
+        ("ssl_head.py", ["--head", "32-32", "--repeats", "2"], "Adam step"),
         ("train_epoch.py", ["--box", "32", "--n-images", "256", "--dim", "32"], "images/s"),
     ],
 )
 def test_benchmark_script_runs(script, args, expect, tmp_path):
-    outdir = [] if script == "decoder_mlp.py" else ["-o", str(tmp_path / "out")]
+    outdir = [] if script in ("decoder_mlp.py", "ssl_head.py") else ["-o", str(tmp_path / "out")]
     assert expect in _run(_script(script, *outdir, *args), tmp_path)
