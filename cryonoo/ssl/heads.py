@@ -94,11 +94,11 @@ def _batch_norm_per_group(bn: nn.BatchNorm1d, x: Tensor, groups: int) -> Tensor:
     as ``G`` calls of ``bn`` would."""
     weight = None if bn.weight is None else bn.weight.repeat(groups)
     bias = None if bn.bias is None else bn.bias.repeat(groups)
-    if not bn.training and bn.track_running_stats:  # eval: the running statistics for all
+    if not bn.track_running_stats:  # batch statistics in training and eval alike, as bn does
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
+    if not bn.training:  # the running statistics, the same for every group
         mean, var = bn.running_mean.repeat(groups), bn.running_var.repeat(groups)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, bn.eps)
-    if not (bn.training and bn.track_running_stats):
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, bn.eps)
     # momentum 1: the kernel leaves each group's batch mean and unbiased variance in the buffers
     means = torch.zeros(x.shape[1], dtype=bn.running_mean.dtype, device=x.device)
     variances = torch.ones_like(means)
@@ -106,7 +106,9 @@ def _batch_norm_per_group(bn: nn.BatchNorm1d, x: Tensor, groups: int) -> Tensor:
     with torch.no_grad():
         for mean, var in zip(means.view(groups, -1), variances.view(groups, -1), strict=True):
             bn.num_batches_tracked.add_(1)
-            factor = bn.momentum or 1.0 / float(bn.num_batches_tracked)
+            factor = bn.momentum
+            if factor is None:  # a cumulative average, as bn keeps it
+                factor = 1.0 / float(bn.num_batches_tracked)
             bn.running_mean.lerp_(mean, factor)
             bn.running_var.lerp_(var, factor)
     return out

@@ -8,8 +8,8 @@ Each entry of :data:`SSL` is an ``nn.Module`` built as ``factory(in_dim, head=â€
 * The heads run at the caller's precision (their matrix products in bfloat16 under a bf16
   ``torch.autocast``); every loss term is computed in float32 with autocast disabled
   (:mod:`cryonoo.ssl.losses` promotes its inputs), so the result is float32 under AMP.
-* The two views go through the heads in **separate** calls, so each BatchNorm sees the batch
-  statistics of its own view.
+* Each BatchNorm of a head normalizes every view with that view's own batch statistics (the
+  views are never pooled into one batch).
 * A batch with fewer than 2 samples cannot give batch statistics: the objective returns a zero
   loss with ``skipped = 1`` (and logs the reason once) instead of raising.
 * ``forward_views(z_a, z_views)`` scores one anchor batch against ``J`` view batches and runs

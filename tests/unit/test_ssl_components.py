@@ -107,8 +107,10 @@ def test_every_objective_forward_backward(name, head):
 
 
 @pytest.mark.parametrize("last_norm", [False, True])
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_head_on_groups_equals_one_call_per_group(last_norm, momentum):
+@pytest.mark.parametrize(
+    ("momentum", "track"), [(0.1, True), (0.0, True), (None, True), (0.1, False)]
+)
+def test_head_on_groups_equals_one_call_per_group(last_norm, momentum, track):
     """One pass over G groups (one matrix product per layer, BatchNorm per group) gives, in
     float64, the outputs, gradients and running statistics of G calls in turn; eval mode too."""
     torch.manual_seed(0)
@@ -116,6 +118,9 @@ def test_head_on_groups_equals_one_call_per_group(last_norm, momentum):
     for module in (*one.modules(), *grouped.modules()):
         if isinstance(module, nn.BatchNorm1d):
             module.momentum = momentum
+            if not track:  # as BatchNorm1d(track_running_stats=False) builds it
+                module.track_running_stats = False
+                module.running_mean = module.running_var = module.num_batches_tracked = None
     for module in one.modules():
         if isinstance(module, nn.BatchNorm1d) and module.affine:
             nn.init.normal_(module.weight)  # not the defaults, so that the test sees them
