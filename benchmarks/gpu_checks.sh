@@ -6,6 +6,7 @@
 # memory, and two-process training over NCCL when the machine has two GPUs (target 7).
 #
 #   OUT=/tmp/gpu benchmarks/gpu_checks.sh                      # a CUDA machine: ≤ 9 minutes
+#                                     (the steps' limits add up to 540 s)
 #   OUT=/tmp/gpu DEVICE=cpu SMALL=1 benchmarks/gpu_checks.sh   # the same steps, tiny, on a CPU
 #
 # Run from the repository root; cryonoo is imported from it (no install needed). mrcfile, which
@@ -29,7 +30,7 @@ fi
 if [ "$SMALL" = 1 ]; then  # sizes for a quick run of every step
     BOX=32 N_EPOCH=512 N_SSL=256 N_ENCODE=2048 DIM=64 BATCHES=8,16
 else
-    BOX=128 N_EPOCH=80000 N_SSL=4000 N_ENCODE=100000 DIM=1024 BATCHES=8,64
+    BOX=128 N_EPOCH=80000 N_SSL=2000 N_ENCODE=100000 DIM=1024 BATCHES=8,64
 fi
 PRECISION=bf16
 [ "$DEVICE" = cpu ] && PRECISION=fp32
@@ -71,22 +72,22 @@ nccl_two_processes() {
 
 export -f environment nccl_two_processes
 export PY DEVICE WORK PRECISION
-step environment 60 bash -c environment
-step epoch 240 "$PY" benchmarks/train_epoch.py -o "$WORK/epoch" --box "$BOX" \
+step environment 30 bash -c environment
+step epoch 200 "$PY" benchmarks/train_epoch.py -o "$WORK/epoch" --box "$BOX" \
     --n-images "$N_EPOCH" --epochs 1 --device "$DEVICE" --precision "$PRECISION" \
     $([ "$SMALL" = 1 ] && echo --dim "$DIM")
 cp "$WORK/epoch/train_epoch.json" "$OUT/epoch.json" 2>/dev/null
-step cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/unit tests/integration -k cuda
-step encode 120 "$PY" -m cryonoo.cli bench encode -o "$WORK/encode" -n "$N_ENCODE" -D "$BOX" \
+step cuda_tests 100 "$PY" -m pytest -q -p no:cacheprovider tests/unit tests/integration -k cuda
+step encode 80 "$PY" -m cryonoo.cli bench encode -o "$WORK/encode" -n "$N_ENCODE" -D "$BOX" \
     --device "$DEVICE" --precision "$PRECISION" --no-breakdown \
     $([ "$SMALL" = 1 ] && echo --enc-dim "$DIM")
 cp "$WORK"/encode/*.json "$OUT/" 2>/dev/null
-step ssl_overhead 120 "$PY" benchmarks/ssl_overhead.py -o "$WORK/ssl" --box "$BOX" \
+step ssl_overhead 60 "$PY" benchmarks/ssl_overhead.py -o "$WORK/ssl" --box "$BOX" \
     --n-images "$N_SSL" --epochs 3 --dim "$DIM" --device "$DEVICE" --precision "$PRECISION" \
     --recipes cryonoo,expander-128
 cp "$WORK/ssl/overhead.json" "$OUT/" 2>/dev/null
-step memory 90 "$PY" benchmarks/memory.py -o "$WORK/memory" --box "$BOX" --dim "$DIM" \
+step memory 50 "$PY" benchmarks/memory.py -o "$WORK/memory" --box "$BOX" --dim "$DIM" \
     --batches "$BATCHES" --device "$DEVICE" --precision "$PRECISION" --steps 2 --train-only
 cp "$WORK"/memory/*.json "$OUT/" 2>/dev/null
-step nccl 120 bash -c nccl_two_processes
+step nccl 20 bash -c nccl_two_processes
 cat "$OUT/summary.md"

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cryonoo.eval.memory import peak_rss_bytes, reset_peak_rss
@@ -143,7 +143,7 @@ def main() -> None:
         ),
         "final_loss": epochs[-1].get("loss"),
     }
-    if not np.isfinite(out["final_loss"] or np.nan):
+    if out["final_loss"] is None or not math.isfinite(out["final_loss"]):
         raise SystemExit(f"training diverged: {epochs[-1]}")
     (args.outdir / "train_epoch.json").write_text(json.dumps(out, indent=2))
     print_table(out)
