@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 from cryonoo.eval.memory import peak_rss_bytes, reset_peak_rss
 from cryonoo.experiments.encode_bench import random_block, random_ctf, tile_mrcs
+from cryonoo.experiments.machine import describe_device
 from cryonoo.io.cryodrgn import save_ctf_pkl, save_poses
 from cryonoo.io.dataset import open_dataset
 from cryonoo.physics.rotations import random_rotations
@@ -60,25 +60,6 @@ def build_data(root: Path, n: int, box: int, block: int, seed: int) -> tuple[Pat
     save_ctf_pkl(paths[2], random_ctf(n, box, seed))
     stamp.write_text(json.dumps(wanted))
     return paths
-
-
-def device_name(device: torch.device) -> str:
-    """The accelerator's name, or the CPU's model and thread count."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} thread(s)"
-
-
-def epoch_records(run: Path) -> list[dict[str, Any]]:
-    """The run's ``stats.jsonl`` records, one per epoch."""
-    lines = (run / "stats.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def parse_args() -> argparse.Namespace:
@@ -125,13 +106,12 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    train(config, dataset, run, device=device)
+    epochs = train(config, dataset, run, device=device).stats
     wall = time.perf_counter() - start
-    epochs = epoch_records(run)
     last = epochs[-1]["time_s"]
     out = {
         "settings": vars(args) | {"outdir": str(args.outdir)},
-        "device": device_name(device),
+        "device": describe_device(device),
         "precision": resolve_precision(args.precision, device).name,
         "model": {k: getattr(config.model, k) for k in ("enc_dim", "dec_dim", "zdim")},
         "epoch_s": [e["time_s"] for e in epochs],

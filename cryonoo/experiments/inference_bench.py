@@ -34,6 +34,7 @@ import torch
 from cryonoo.eval.latent import latent_shift_with_null
 from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
 from cryonoo.experiments.benchmark import BenchmarkConfig, benchmark_recipe, simulate_dataset
+from cryonoo.experiments.machine import describe_device
 from cryonoo.experiments.report import _json_ready
 from cryonoo.io.atomic import atomic_write
 from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
@@ -241,7 +242,7 @@ def run_inference_bench(
     result = _json_ready(
         {
             "config": asdict(config),
-            "device": _describe(dev),
+            "device": describe_device(dev),
             "n_test": len(test_set),
             "rows": rows,
             "comparison": _compare(rows),
@@ -252,12 +253,6 @@ def run_inference_bench(
     with atomic_write(root / "inference.md", "w") as fh:
         fh.write(format_inference_markdown(result))
     return result
-
-
-def _describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return f"CPU, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores"
 
 
 def format_inference_markdown(result: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ import torch
 
 from cryonoo.eval.labels import label_recovery
 from cryonoo.eval.per_image import load_gt_volumes, per_image_fsc
+from cryonoo.experiments.machine import describe_device
 from cryonoo.experiments.report import _json_ready
 from cryonoo.io.dataset import ParticleDataset, make_loader, open_dataset
 from cryonoo.io.dataset_dir import load_dataset_dir
@@ -189,12 +190,6 @@ def _score(
     return out
 
 
-def _describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    return f"CPU, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores"
-
-
 def evaluate_refinement(
     run_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
@@ -314,7 +309,7 @@ def evaluate_refinement(
         "epoch": run.epoch,
         "dataset": str(data.root),
         "split": split,
-        "device": _describe(dev),
+        "device": describe_device(dev),
         "lr": lr,
         "steps": list(budgets),
         "bands": list(bands),

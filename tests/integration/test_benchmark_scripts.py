@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _run(args: list[str], tmp_path: Path, **env: str) -> str:
+def _run(args: list[str], **env: str) -> str:
     result = subprocess.run(
         args,
         cwd=ROOT,
@@ -42,7 +42,6 @@ def test_gpu_checks_script_runs_every_step_on_cpu(tmp_path):
     out = tmp_path / "out"
     _run(
         ["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")],
-        tmp_path,
         OUT=str(out),
         WORK=str(tmp_path / "work"),
         DEVICE="cpu",
@@ -72,13 +71,13 @@ def test_gpu_checks_script_runs_every_step_on_cpu(tmp_path):
 def test_lazy_training_gives_the_in_memory_latents(tmp_path):
     out = tmp_path / "lazy"
     args = ["-o", str(out), "--box", "32", "--n-images", "200", "--epochs", "2", "--dim", "32"]
-    _run(_script("lazy_training.py", *args, "--threads", "1"), tmp_path)
+    _run(_script("lazy_training.py", *args, "--threads", "1"))
     result = json.loads((out / "lazy.json").read_text())
     assert result["max_abs_z_diff"] == 0.0
     assert all(r["images_per_s"] > 0 for r in result["results"].values())
     # the page-fault benchmark on the same simulated dataset
     faults = _script("step_faults.py", str(out / "data"), "--steps", "2", "--precision", "fp32")
-    assert "minor page faults/step" in _run(faults, tmp_path)
+    assert "minor page faults/step" in _run(faults)
 
 
 @pytest.mark.skipif(
@@ -88,7 +87,7 @@ def test_lazy_training_gives_the_in_memory_latents(tmp_path):
 def test_against_cryodrgn_runs(tmp_path):
     args = ["-o", str(tmp_path / "vs"), "--cryodrgn", os.environ["CRYONOO_CRYODRGN"]]
     args += ["--box", "32", "--n-images", "200", "--epochs", "1", "--dim", "32"]
-    _run(_script("vs_cryodrgn.py", *args), tmp_path)
+    _run(_script("vs_cryodrgn.py", *args))
     result = json.loads((tmp_path / "vs" / "results.json").read_text())
     assert result["cryodrgn"]["images_per_s"] > 0 and result["cryonoo"]["fp32"]["images_per_s"] > 0
     fsc = result["per_image_fsc"]
@@ -107,4 +106,4 @@ def test_against_cryodrgn_runs(tmp_path):
 )
 def test_benchmark_script_runs(script, args, expect, tmp_path):
     outdir = [] if script in ("decoder_mlp.py", "ssl_head.py") else ["-o", str(tmp_path / "out")]
-    assert expect in _run(_script(script, *outdir, *args), tmp_path)
+    assert expect in _run(_script(script, *outdir, *args))
